@@ -1,0 +1,28 @@
+"""Liveness and metrics."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from .common import service
+
+bp = Blueprint("admin", __name__)
+
+
+@bp.get("/health")
+def health():
+    svc = service()
+    snap = svc.metrics.snapshot()
+    models = [{"name": e.name, "instances": len(e.queue.handles), "busy": e.queue.busy, "queued": e.queue.queued,
+               "memory_mb": round(e.memory_mb, 1), "last_used": e.last_used} for e in svc.loaded()]
+    return jsonify({"status": "ok", "runtime": svc.runtime.describe(), "models": models,
+                    "queue_max": svc.options.queue_max, "active": sum(snap["active"].values()),
+                    "aborts_total": snap["aborts_total"], "uptime_s": round(time.monotonic() - current_app.config[
+                        "BRIDGE_STARTED"], 3)})
+
+
+@bp.get("/metrics")
+def metrics():
+    return Response(service().metrics.render(), mimetype="text/plain; version=0.0.4")

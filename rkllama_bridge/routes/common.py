@@ -1,0 +1,153 @@
+"""What every route family shares: JSON bodies, the client-disconnect probe, starting a chat generation,
+stop strings, and response helpers."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from flask import Response, current_app, request
+
+from ..errors import BadRequest, BridgeError
+from ..params import require_object
+from ..service import BridgeService, DoneEvent, Generation, TokenEvent
+from ..store import StoredModel, validate_name
+
+
+def service() -> BridgeService:
+    return current_app.config["BRIDGE_SERVICE"]
+
+
+def json_body() -> dict:
+    """The request's JSON object; malformed JSON or another type is a 400 that says so."""
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise BadRequest("the request body is empty: send a JSON object", code="invalid_body")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from None
+    return require_object(body)
+
+
+def client_gone_probe():
+    """A callable telling whether this request's client disconnected (waitress with lookahead >= 1)."""
+    probe = request.environ.get("waitress.client_disconnected")
+    return probe if callable(probe) else (lambda: False)
+
+
+def ndjson(items: Iterable[dict]) -> Iterator[bytes]:
+    for item in items:
+        yield (json.dumps(item, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def streaming(body: Iterable[bytes], generation: Generation, mimetype: str) -> Response:
+    """A response streamed chunk by chunk; closing it (client gone) closes the generation."""
+    return Response(_ClosingStream(body, generation), mimetype=mimetype,
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class _ClosingStream:
+    def __init__(self, body: Iterable[bytes], generation: Generation):
+        self._body = iter(body)
+        self._generation = generation
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._body)
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        if close:
+            close()
+        self._generation.close()
+
+
+def model_field(body: dict, *names: str) -> Optional[str]:
+    for name in names:
+        value = body.get(name)
+        if value is not None:
+            if not isinstance(value, str):
+                raise BadRequest(f"'{name}' must be a string", code="invalid_parameter")
+            return validate_name(value)
+    return None
+
+
+def start_chat(model: Optional[str], messages: Sequence[dict], fields: dict,
+               **template_extra) -> Tuple[Generation, StoredModel]:
+    """Template the conversation for ``model``, validate parameters and start generating."""
+    svc = service()
+    name = svc.resolve_model(model)
+    stored = svc.load(name).stored
+    prompt_ids = svc.chat_prompt_ids(stored, messages, **template_extra)
+    params = svc.params_for(stored, fields, len(prompt_ids))
+    return svc.start(name, prompt_ids, params, client_gone_probe()), stored
+
+
+def stop_list(value) -> List[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value) or len(value) > 16:
+        raise BadRequest("'stop' must be a non-empty string or a list of up to 16 of them", code="invalid_parameter")
+    return value
+
+
+@dataclass
+class Piece:
+    text: str
+    done: Optional[DoneEvent] = None
+
+
+def text_pieces(generation: Generation, stops: Sequence[str] = ()) -> Iterator[Piece]:
+    """The generation as text pieces, ending with one whose ``done`` is set. With stop strings, text that
+    might begin a stop string is held back until it cannot; a match ends the generation (finish 'stop')."""
+    held = ""
+    for event in generation:
+        if isinstance(event, TokenEvent):
+            if not stops:
+                if event.text:
+                    yield Piece(event.text)
+                continue
+            held += event.text
+            cut = min((i for i in (held.find(s) for s in stops) if i >= 0), default=-1)
+            if cut >= 0:
+                if held[:cut]:
+                    yield Piece(held[:cut])
+                generation.close()
+                n = len(generation.completion_ids)
+                p = len(generation.prompt_ids)
+                yield Piece("", DoneEvent("stop", {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n},
+                                          {}))
+                return
+            keep = max((k for s in stops for k in range(1, len(s)) if held.endswith(s[:k])), default=0)
+            if len(held) > keep:
+                yield Piece(held[:len(held) - keep])
+                held = held[len(held) - keep:]
+        else:
+            if held:
+                yield Piece(held)
+            yield Piece("", event)
+            return
+
+
+def now_iso() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+
+def collect(pieces: Iterable[Piece]) -> Tuple[str, DoneEvent]:
+    """All text of a non-streamed answer; a runtime failure becomes a 500 JSON error instead of a reply."""
+    text, done = "", None
+    for piece in pieces:
+        text += piece.text
+        done = piece.done or done
+    if done is None or done.finish_reason == "error":
+        message = (done.error or {}).get("message", "generation failed") if done else "generation ended early"
+        raise BridgeError(message, status=500, code="runtime_error")
+    return text, done

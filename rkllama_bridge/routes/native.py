@@ -1,0 +1,121 @@
+"""The native protocol: token ids in, one NDJSON line per token out, with timings; tokenizer access so
+clients (the exo engine) can template and decode exactly as the bridge does."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, send_file
+
+from ..errors import BadRequest, ModelNotFound
+from ..params import messages_field, optional_bool, optional_str
+from ..service import TokenEvent
+from ..store import validate_name
+from ..tokenizer import TOKENIZER_FILES
+from .common import client_gone_probe, json_body, model_field, ndjson, service, streaming
+
+bp = Blueprint("native", __name__)
+
+_PARAM_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p", "repeat_penalty", "seed",
+                 "frequency_penalty", "presence_penalty")
+
+
+def _stored(name: str):
+    return service().store.get(validate_name(name))
+
+
+@bp.post("/v1/generate")
+def generate():
+    body = json_body()
+    svc = service()
+    name = svc.resolve_model(model_field(body, "model"))
+    stored = svc.load(name).stored
+    if "prompt_token_ids" in body:
+        ids = body["prompt_token_ids"]
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise BadRequest("'prompt_token_ids' must be a list of integers", code="invalid_token_ids")
+    elif "messages" in body:
+        ids = svc.chat_prompt_ids(stored, messages_field(body))
+    else:
+        raise BadRequest("give 'prompt_token_ids' or 'messages'", code="invalid_prompt")
+    params = svc.params_for(stored, {k: body.get(k) for k in _PARAM_FIELDS}, len(ids))
+    generation = svc.start(name, ids, params, client_gone_probe())
+
+    def lines():
+        for event in generation:
+            if isinstance(event, TokenEvent):
+                yield {"token_id": event.token_id, "text": event.text}
+            else:
+                done = {"done": True, "finish_reason": event.finish_reason, "usage": event.usage,
+                        "timings": event.timings}
+                if event.error:
+                    done["error"] = event.error
+                yield done
+
+    return streaming(ndjson(lines()), generation, "application/x-ndjson")
+
+
+@bp.post("/v1/tokenize")
+def tokenize():
+    body = json_body()
+    svc = service()
+    stored = svc.store.get(svc.resolve_model(model_field(body, "model")))
+    if "messages" in body:
+        ids = svc.chat_prompt_ids(stored, messages_field(body),
+                                  add_generation_prompt=optional_bool(body, "add_generation_prompt", True))
+    else:
+        text = optional_str(body, "text")
+        if text is None:
+            raise BadRequest("give 'text' or 'messages'", code="invalid_prompt")
+        ids = stored.tokenizer.encode(text)
+    return jsonify({"model": stored.name, "token_ids": ids, "count": len(ids)})
+
+
+@bp.post("/v1/detokenize")
+def detokenize():
+    body = json_body()
+    svc = service()
+    stored = svc.store.get(svc.resolve_model(model_field(body, "model")))
+    ids = body.get("token_ids")
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise BadRequest("'token_ids' must be a list of integers", code="invalid_token_ids")
+    skip = optional_bool(body, "skip_special_tokens", True)
+    return jsonify({"model": stored.name, "text": stored.tokenizer.decode(ids, skip_special_tokens=skip)})
+
+
+@bp.get("/v1/models/<name>")
+def model_info(name: str):
+    stored = _stored(name)
+    mf = stored.modelfile
+    return jsonify({
+        "id": stored.name, "object": "model", "num_ctx": stored.num_ctx, "hf_repo": stored.hf_repo,
+        "eos_token_ids": stored.tokenizer.eos_token_ids, "vocab_size": stored.tokenizer.vocab_size,
+        "system": stored.system_prompt,
+        "defaults": {"temperature": mf.get("TEMPERATURE"), "top_k": mf.get("TOP_K"), "top_p": mf.get("TOP_P"),
+                     "repeat_penalty": mf.get("REPEAT_PENALTY"), "max_new_tokens": mf.get("MAX_NEW_TOKENS")},
+        "loaded": any(e.name == stored.name for e in service().loaded()),
+    })
+
+
+def _tokenizer_files(stored) -> dict:
+    found = {}
+    for fname in TOKENIZER_FILES:
+        for candidate in (stored.directory / fname, stored.directory / str(stored.modelfile.get("FROM")) / fname):
+            if candidate.is_file():
+                found[fname] = candidate
+                break
+    return found
+
+
+@bp.get("/v1/models/<name>/tokenizer")
+def tokenizer_index(name: str):
+    stored = _stored(name)
+    return jsonify({"model": stored.name, "hf_repo": stored.hf_repo, "files": sorted(_tokenizer_files(stored)),
+                    "eos_token_ids": stored.tokenizer.eos_token_ids})
+
+
+@bp.get("/v1/models/<name>/tokenizer/<fname>")
+def tokenizer_file(name: str, fname: str):
+    stored = _stored(name)
+    path = _tokenizer_files(stored).get(fname)  # only listed names: no path can escape the model dir
+    if path is None:
+        raise ModelNotFound(f"model {stored.name} has no tokenizer file {fname[:80]!r}", code="file_not_found")
+    return send_file(path, mimetype="application/octet-stream", max_age=0)

@@ -1,0 +1,145 @@
+"""``sim``: a timing twin of an RK3588 running RKLLM. It replays a profile (load time, prefill ms per
+prompt token, decode tokens/s, memory) and emits deterministic tokens, so that schedulers, pools and
+clients can be tested and benchmarked without a board. Everything it reports is labelled simulated.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Dict, Optional, Sequence
+
+from .base import GenerationParams, GenerationResult, ModelHandle, ModelLoadError, ModelSpec, OnToken, Runtime
+
+
+@dataclass(frozen=True)
+class SimProfile:
+    name: str
+    prefill_ms_per_token: float  # 0 = instant
+    decode_tok_s: float  # 0 = unthrottled
+    load_s: float
+    memory_mb: float
+    source: str = ""
+
+
+# RK3588, RKLLM 1.3.0, w8a8, from the official performance table (decode is memory-bandwidth bound).
+# The table gives a TTFT only for Qwen2.5-1.5B (378 ms); we spread it over an assumed 64-token prompt.
+# For the other models prefill is that rate scaled by the ratio of decode speeds: an estimate, not data.
+_QWEN15_PREFILL = 378 / 64
+
+
+def _scaled_prefill(decode_tok_s: float) -> float:
+    return _QWEN15_PREFILL * 16.69 / decode_tok_s
+
+
+PROFILES: Dict[str, SimProfile] = {
+    p.name: p for p in (
+        SimProfile("qwen2.5-1.5b-rk3588", _QWEN15_PREFILL, 16.69, 2.0, 1689,
+                   "RKLLM 1.3.0 w8a8: TTFT 378 ms, 16.69 tok/s, 1689 MB"),
+        SimProfile("qwen2-0.5b-rk3588", _scaled_prefill(41.6), 41.6, 1.0, 700,
+                   "RKLLM 1.3.0 w8a8: 41.6 tok/s (prefill and memory estimated)"),
+        SimProfile("tinyllama-1.1b-rk3588", _scaled_prefill(24.4), 24.4, 1.5, 1200,
+                   "RKLLM 1.3.0 w8a8: 24.4 tok/s (prefill and memory estimated)"),
+        SimProfile("instant", 0.0, 0.0, 0.0, 100, "no delays: exposes the bridge's own per-token cost"),
+    )
+}
+DEFAULT_PROFILE = "qwen2-0.5b-rk3588"
+
+# What the twin "says": fixed text with accents and an emoji, so multi-byte characters get split across
+# tokens like real model output does.
+DEFAULT_REPLY = ("Simulated reply from an RK3588 timing twin. Les élèves ont mangé des crêpes 🥞 au café, "
+                 "naïve façade, 日本語 text, and the end.")
+
+
+class SimRuntime(Runtime):
+    name = "sim"
+
+    def __init__(self, profile: str = DEFAULT_PROFILE, *, prefill_ms_per_token: Optional[float] = None,
+                 decode_tok_s: Optional[float] = None, load_s: Optional[float] = None, tokenizer_for=None):
+        if profile not in PROFILES:
+            raise ValueError(f"unknown sim profile {profile!r}; known: {', '.join(sorted(PROFILES))}")
+        overrides = {k: v for k, v in (("prefill_ms_per_token", prefill_ms_per_token),
+                                       ("decode_tok_s", decode_tok_s), ("load_s", load_s)) if v is not None}
+        self.profile = replace(PROFILES[profile], **overrides)
+        self.label = (f"simulated RK3588 ({self.profile.name}: {self.profile.prefill_ms_per_token:.2f} ms/prompt "
+                      f"token, {self.profile.decode_tok_s or 'unthrottled'} tok/s)")
+        self._tokenizer_for = tokenizer_for  # name -> ChatTokenizer, to turn the reply text into real ids
+
+    def describe(self) -> dict:
+        p = self.profile
+        return {"name": self.name, "label": self.label, "simulated": True, "profile": p.name,
+                "prefill_ms_per_token": p.prefill_ms_per_token, "decode_tok_s": p.decode_tok_s,
+                "load_s": p.load_s, "source": p.source}
+
+    def load(self, spec: ModelSpec) -> ModelHandle:
+        reply_text = spec.options.get("SIM_REPLY", DEFAULT_REPLY)
+        if self._tokenizer_for is None:
+            raise ModelLoadError("sim runtime needs the model's tokenizer to produce its reply tokens")
+        reply_ids = list(self._tokenizer_for(spec.name).encode(reply_text))
+        if not reply_ids:
+            raise ModelLoadError(f"{spec.name}: SIM_REPLY encodes to no tokens")
+        try:
+            reply_len = int(spec.options.get("SIM_REPLY_TOKENS", len(reply_ids)))
+        except ValueError:
+            raise ModelLoadError(f"{spec.name}: SIM_REPLY_TOKENS must be an integer") from None
+        return SimHandle(spec, self.profile, reply_ids, reply_len)
+
+
+class SimHandle(ModelHandle):
+    def __init__(self, spec: ModelSpec, profile: SimProfile, reply_ids: Sequence[int], reply_len: int):
+        self.spec = spec
+        self.profile = profile
+        self.reply_ids = list(reply_ids)
+        self.reply_len = reply_len  # tokens before EOS; the reply text repeats to fill it
+        self._abort = threading.Event()
+        self._closed = False
+        self._wait(profile.load_s)
+
+    @property
+    def memory_mb(self) -> float:
+        return self.profile.memory_mb
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep like the NPU would; returns True if aborted meanwhile (the sim's only real wait)."""
+        return self._abort.wait(seconds) if seconds > 0 else self._abort.is_set()
+
+    def generate(self, prompt_ids: Sequence[int], params: GenerationParams, on_token: OnToken) -> GenerationResult:
+        if self._closed:
+            raise ModelLoadError(f"{self.spec.name}: handle is closed")
+        self._abort.clear()
+        started = time.monotonic()
+        result = GenerationResult("stop", len(prompt_ids), 0)
+        if self._wait(len(prompt_ids) * self.profile.prefill_ms_per_token / 1000.0):
+            result.finish_reason = "abort"
+            return result
+        prefill_done = time.monotonic()
+        period = 1.0 / self.profile.decode_tok_s if self.profile.decode_tok_s > 0 else 0.0
+        # Deterministic: the reply starts at an offset fixed by the prompt and the seed.
+        offset = (len(prompt_ids) + (params.seed or 0)) % len(self.reply_ids) if params.seed is not None else 0
+        next_due = prefill_done
+        while result.completion_tokens < params.max_new_tokens:
+            if result.completion_tokens >= self.reply_len:
+                break  # the reply is over: EOS
+            if period:
+                next_due += period
+                if self._wait(max(0.0, next_due - time.monotonic())):
+                    result.finish_reason = "abort"
+                    break
+            elif self._abort.is_set():
+                result.finish_reason = "abort"
+                break
+            on_token(self.reply_ids[(offset + result.completion_tokens) % len(self.reply_ids)])
+            result.completion_tokens += 1
+        else:
+            result.finish_reason = "length"
+        result.runtime_prefill_ms = (prefill_done - started) * 1000
+        result.runtime_decode_ms = (time.monotonic() - prefill_done) * 1000
+        return result
+
+    def abort(self) -> None:
+        self._abort.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._abort.set()

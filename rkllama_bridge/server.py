@@ -1,0 +1,82 @@
+"""Building and running a bridge from its config: store, runtime, service, Flask app, waitress."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .app import create_app
+from .config import BridgeConfig
+from .default_model import DEFAULT_MODEL_NAME, ensure_default_model
+from .runtimes import create_runtime
+from .service import BridgeService, ServiceOptions
+from .store import ModelStore
+
+log = logging.getLogger(__name__)
+
+
+def build_service(config: BridgeConfig) -> BridgeService:
+    default_model: Optional[str] = None
+    if config.models_dir is None:
+        root = ensure_default_model().parent
+        default_model = DEFAULT_MODEL_NAME
+    else:
+        root = config.models_dir
+        if not root.is_dir():
+            raise SystemExit(f"rkllama-bridge: models directory {root} does not exist")
+    store = ModelStore(root)
+    sim_overrides = {k: v for k, v in (("decode_tok_s", config.sim_decode_tok_s),
+                                       ("prefill_ms_per_token", config.sim_prefill_ms_per_token),
+                                       ("load_s", config.sim_load_s)) if v is not None}
+    runtime = create_runtime(config.runtime, sim_profile=config.sim_profile, sim_overrides=sim_overrides,
+                             tokenizer_for=lambda name: store.get(name).tokenizer, threads=None,
+                             rkllm_lib=config.rkllm_lib, rkllm_abi=config.rkllm_abi)
+    options = ServiceOptions(queue_max=config.queue_max, instances=config.instances,
+                             record_prompts=config.record_prompts, default_model=default_model)
+    return BridgeService(store, runtime, options)
+
+
+def serve(config: BridgeConfig) -> int:
+    from waitress import create_server
+
+    service = build_service(config)
+    log.info("runtime: %s", service.runtime.describe().get("label"))
+    for name in config.preload:
+        service.load(name)
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
+        log.warning("binding %s without a token: anyone on the network can use this bridge", config.host)
+    app = create_app(service, token=config.token, max_body_bytes=config.max_body_bytes)
+    server = create_server(app, host=config.host, port=config.port, threads=config.wsgi_threads,
+                           channel_request_lookahead=1, max_request_body_size=config.max_body_bytes,
+                           ident="rkllama-bridge")
+    port = server.effective_port
+    if config.port_file:
+        tmp = Path(str(config.port_file) + ".tmp")
+        tmp.write_text(str(port))
+        tmp.replace(config.port_file)
+    print(f"rkllama-bridge listening on http://{config.host}:{port} ({len(service.store.names())} models in "
+          f"{service.store.root}, runtime {service.runtime.name})", flush=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        server.close()
+        service.close()
+    return 0
+
+
+def main_serve(config: BridgeConfig) -> int:
+    try:
+        return serve(config)
+    except FileNotFoundError as exc:
+        print(f"rkllama-bridge: {exc}", file=sys.stderr)
+        return 2
