@@ -50,7 +50,10 @@ def serve(config: BridgeConfig) -> int:
         log.warning("binding %s without a token: anyone on the network can use this bridge", config.host)
     app = create_app(service, token=config.token, max_body_bytes=config.max_body_bytes)
     server = create_server(app, host=config.host, port=config.port, threads=config.wsgi_threads,
-                           channel_request_lookahead=1, max_request_body_size=config.max_body_bytes,
+                           channel_request_lookahead=1,
+                           # waitress's own limit only guards against absurd bodies (it answers in plain
+                           # text); the app's limit below it answers a JSON 413.
+                           max_request_body_size=4 * config.max_body_bytes,
                            ident="rkllama-bridge")
     port = server.effective_port
     if config.port_file:

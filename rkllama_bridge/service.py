@@ -245,6 +245,7 @@ class Generation:
         self.completion_ids: List[int] = []
         self._q: "queue.Queue" = queue.Queue()
         self._released = False
+        self._finished = False  # the runtime reported its result
         self._release_lock = threading.Lock()
         self._worker = threading.Thread(target=self._work, name=f"gen-{entry.name}", daemon=True)
         service.metrics.active(entry.name, +1)
@@ -285,7 +286,10 @@ class Generation:
                     self.completion_ids.append(item)
                     yield TokenEvent(item, detok.push(item))
                     continue
-                yield self._done(item, detok, first_at, last_at)
+                done = self._done(item, detok, first_at, last_at)
+                self._finished = True
+                self._release()  # before the last event: a consumer may never come back for more
+                yield done
                 return
         finally:
             self._release()
@@ -317,7 +321,7 @@ class Generation:
             if self._released:
                 return
             self._released = True
-        if self._worker.is_alive():
+        if not self._finished:
             self.handle.abort()
             self.service.metrics.aborted(self.entry.name)
         self._worker.join()

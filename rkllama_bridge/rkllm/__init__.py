@@ -16,23 +16,22 @@ ABI        releases                   module
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional, Tuple
 
 from .abi_common import Abi
 
-ABI_NAMES: Tuple[str, ...] = ("1.1", "1.2.0", "1.2.1", "1.3")
+ABI_NAMES: tuple[str, ...] = ("1.1", "1.2.0", "1.2.1", "1.3")
 
 _VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)(b\d+)?$")
 
 
-def all_abis() -> Dict[str, Abi]:
+def all_abis() -> dict[str, Abi]:
     """Every supported ABI by name."""
     from . import abi_1_1, abi_1_2, abi_1_3
 
     return {"1.1": abi_1_1.ABI, "1.2.0": abi_1_2.ABI_1_2_0, "1.2.1": abi_1_2.ABI_1_2_1, "1.3": abi_1_3.ABI}
 
 
-def abi_for_version(version: str) -> Optional[str]:
+def abi_for_version(version: str) -> str | None:
     """The ABI name of an RKLLM release (``"1.2.3"`` -> ``"1.2.1"``), or None if it is not supported."""
     m = _VERSION.match(version.strip())
     if not m:

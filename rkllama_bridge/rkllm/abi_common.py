@@ -7,8 +7,8 @@ changed in its release and describes itself with an :class:`Abi`.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Tuple
 
 LLMHandle = ctypes.c_void_p
 
@@ -29,6 +29,7 @@ RKLLM_INFER_GENERATE = 0
 
 # Return values of the int-returning result callback (1.2.1+): 0 continue, 1 pause.
 CALLBACK_CONTINUE = 0
+CALLBACK_PAUSE = 1
 
 
 class RKLLMLoraAdapter(ctypes.Structure):
@@ -84,15 +85,15 @@ class Abi:
     """
 
     name: str
-    releases: Tuple[str, ...]
+    releases: tuple[str, ...]
     RKLLMParam: type
     RKLLMInput: type
     RKLLMInferParam: type
     RKLLMResult: type
     LLMResultCallback: type
-    structs: Tuple[type, ...]  # every struct of the header, for layout checks
+    structs: tuple[type, ...]  # every struct of the header, for layout checks
     bind: Callable[[ctypes.CDLL], None]
-    symbols: Tuple[str, ...]  # functions this ABI's header declares
+    symbols: tuple[str, ...]  # functions this ABI's header declares
     callback_returns_int: bool
     init_takes_callback_struct: bool
     has_keep_history: bool
@@ -101,7 +102,7 @@ class Abi:
     has_run_overrides: bool  # RKLLMInferParam carries sampling params and max_new_tokens (1.3)
     clear_kv_cache_args: int  # 0 = no rkllm_clear_kv_cache, else its number of parameters
     is_running_busy: int  # what rkllm_is_running returns while a run is in progress, per the header
-    RKLLMCallback: type = type(None)  # the 1.3 callback struct
+    RKLLMCallback: type | None = None  # the 1.3 callback struct
 
     @property
     def param_fields(self) -> frozenset:

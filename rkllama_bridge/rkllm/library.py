@@ -19,7 +19,6 @@ import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 from ..runtimes.base import RuntimeUnavailable
 from . import ABI_NAMES, abi_for_version, all_abis, get_abi
@@ -43,7 +42,7 @@ _ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x28: "arm", 0x03: "x86", 0xF3
 _HOST_MACHINES = {"amd64": "x86_64", "arm64": "aarch64", "armv7l": "arm", "i686": "x86"}
 
 
-def find_library(lib_path: Optional[str] = None) -> Path:
+def find_library(lib_path: str | None = None) -> Path:
     """The librkllmrt to use: ``lib_path``, else ``$RKLLM_LIB``, else the first default location that exists."""
     explicit = lib_path or os.environ.get(LIB_ENV)
     if explicit:
@@ -63,9 +62,9 @@ def find_library(lib_path: Optional[str] = None) -> Path:
 class VersionScan:
     """What the library file says about itself, read without loading it."""
 
-    version: Optional[str]
-    candidates: Tuple[str, ...]
-    elf_machine: Optional[str]
+    version: str | None
+    candidates: tuple[str, ...]
+    elf_machine: str | None
     is_stub: bool
 
 
@@ -97,8 +96,8 @@ def host_machine() -> str:
 
 @dataclass
 class DefaultsCheck:
-    errors: List[str] = field(default_factory=list)
-    warnings: List[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def check_defaults(abi: Abi, p: ctypes.Structure) -> DefaultsCheck:
@@ -110,8 +109,12 @@ def check_defaults(abi: Abi, p: ctypes.Structure) -> DefaultsCheck:
     def bad(name: str, value: object) -> None:
         out.errors.append(f"{name}={value!r}")
 
-    if p.model_path is not None:
-        bad("model_path", p.model_path)
+    def address(name: str) -> int | None:
+        # Read pointers as numbers: a c_char_p attribute would dereference a garbage address.
+        return ctypes.c_void_p.from_buffer(p, getattr(type(p), name).offset).value
+
+    if address("model_path") is not None:
+        bad("model_path", hex(address("model_path")))
     if not 0 < p.max_context_len <= 1 << 22:
         bad("max_context_len", p.max_context_len)
     if not 0 <= p.top_k <= 1 << 20:
@@ -123,8 +126,8 @@ def check_defaults(abi: Abi, p: ctypes.Structure) -> DefaultsCheck:
     if not 0.0 <= p.repeat_penalty <= 10.0:
         bad("repeat_penalty", p.repeat_penalty)
     for name in ("img_start", "img_end", "img_content"):
-        if name in fields and getattr(p, name) is not None:
-            bad(name, getattr(p, name))
+        if name in fields and address(name) is not None:
+            bad(name, hex(address(name)))
     if "n_keep" in fields and not -1 <= p.n_keep <= max(p.max_context_len, 0):
         bad("n_keep", p.n_keep)
     if "n_batch" in fields and p.extend_param.n_batch < 1:
@@ -140,16 +143,16 @@ class RKLLMLibrary:
     Raises :class:`RuntimeUnavailable` with a message saying what to do when the file cannot be used.
     """
 
-    def __init__(self, lib_path: Optional[str] = None, abi: Optional[str] = None):
+    def __init__(self, lib_path: str | None = None, abi: str | None = None):
         self.path = find_library(lib_path)
         self.scan = scan_library(self.path)
         self.version = self.scan.version
         self.abi, self.abi_source, self.abi_forced = self._resolve_abi(abi or os.environ.get(ABI_ENV))
-        self._cdll: Optional[ctypes.CDLL] = None
+        self._cdll: ctypes.CDLL | None = None
         self._lock = threading.Lock()
-        self.default_warnings: List[str] = []
+        self.default_warnings: list[str] = []
 
-    def _resolve_abi(self, override: Optional[str]) -> Tuple[Abi, str, bool]:
+    def _resolve_abi(self, override: str | None) -> tuple[Abi, str, bool]:
         if override:
             try:
                 abi = get_abi(override)
@@ -182,6 +185,10 @@ class RKLLMLibrary:
             if self._cdll is None:
                 self._cdll = self._load()
             return self._cdll
+
+    def load(self) -> ctypes.CDLL:
+        """Load, bind and check the library now (RuntimeUnavailable if it cannot be used); idempotent."""
+        return self.cdll
 
     def _load(self) -> ctypes.CDLL:
         host = host_machine()
@@ -226,7 +233,7 @@ class RKLLMLibrary:
                 f"({self.abi_source}): {detail}. Set RKLLM_ABI to the library's real ABI "
                 f"({', '.join(ABI_NAMES)}) or use a library of a supported release")
 
-    def abi_default_param(self, cdll: Optional[ctypes.CDLL] = None) -> ctypes.Structure:
+    def abi_default_param(self, cdll: ctypes.CDLL | None = None) -> ctypes.Structure:
         """A copy of ``rkllm_createDefaultParam()`` as this ABI's RKLLMParam."""
         ret = (cdll or self.cdll).rkllm_createDefaultParam()
         param = self.abi.RKLLMParam()

@@ -3,7 +3,7 @@
 The runtime itself only says "invalid rknn llm model magic" or, worse, loads a model converted by
 another toolkit release and prints gibberish. This module reads the start of the file and reports:
 files that are clearly something else (a Git LFS pointer, an HTML error page, GGUF, safetensors,
-an empty or truncated download), and the RKLLM toolkit version that converted the model when the
+an empty file), and the RKLLM toolkit version that converted the model when the
 header names it (``rkllm-toolkit version: X``) or, as a weaker hint, when the file or repository
 name carries it (``...-rk3588-1.1.4``, ``...RKLLM1.2.1...``).
 """
@@ -11,14 +11,13 @@ name carries it (``...-rk3588-1.1.4``, ``...RKLLM1.2.1...``).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
 
 from . import abi_for_version
 
 HEADER_BYTES = 1 << 20
-MIN_MODEL_BYTES = 1024
 
 _FOREIGN = (
     (b"version https://git-lfs", "a Git LFS pointer, not the model (fetch the real file with git lfs pull)"),
@@ -28,8 +27,8 @@ _FOREIGN = (
     (b"PK\x03\x04", "a zip archive (e.g. a PyTorch checkpoint), not an .rkllm model"),
     (b"RKNN", "an RKNN vision model (.rknn), not an .rkllm LLM"),
 )
-_TOOLKIT_IN_HEADER = re.compile(rb"rkllm[-_ ]toolkit[-_ ]?(?:version)?[\"':= ]*v?(\d+\.\d+\.\d+(?:b\d+)?)", re.I)
-_VERSION_IN_NAME = re.compile(r"(?:rkllm|rk3588|rk3576|runtime|toolkit)[-_ ]?v?(\d+\.\d+\.\d+(?:b\d+)?)", re.I)
+_TOOLKIT_IN_HEADER = re.compile(rb"rkllm[-_ ]toolkit[-_ ]?(?:version)?[\"':= ]*v?(\d+\.\d+\.\d+(?:b\d+)?)", re.IGNORECASE)
+_VERSION_IN_NAME = re.compile(r"(?:rkllm|rk3588|rk3576|runtime|toolkit)[-_ ]?v?(\d+\.\d+\.\d+(?:b\d+)?)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -38,9 +37,9 @@ class ModelFileInfo:
 
     path: Path
     size: int
-    problem: Optional[str]
-    toolkit_version: Optional[str]
-    version_source: Optional[str]  # "header" (reliable) or "name" (a hint)
+    problem: str | None
+    toolkit_version: str | None
+    version_source: str | None  # "header" (reliable) or "name" (a hint)
 
 
 def _safetensors(head: bytes) -> bool:
@@ -64,8 +63,8 @@ def inspect_model(path: Path, name_hints: Iterable[str] = ()) -> ModelFileInfo:
             break
     if problem is None and _safetensors(head):
         problem = "the file is a safetensors checkpoint, not an .rkllm model (convert it with rkllm-toolkit)"
-    if problem is None and size < MIN_MODEL_BYTES:
-        problem = f"the file is only {size} bytes: an empty or truncated download"
+    if problem is None and size == 0:
+        problem = "the file is empty (an interrupted download?)"
     match = _TOOLKIT_IN_HEADER.search(head)
     if match:
         return ModelFileInfo(path, size, problem, match.group(1).decode(), "header")
@@ -76,7 +75,7 @@ def inspect_model(path: Path, name_hints: Iterable[str] = ()) -> ModelFileInfo:
     return ModelFileInfo(path, size, problem, None, None)
 
 
-def version_mismatch(model_version: Optional[str], runtime_version: Optional[str]) -> Optional[str]:
+def version_mismatch(model_version: str | None, runtime_version: str | None) -> str | None:
     """A sentence when a model converted by ``model_version`` should not run on ``runtime_version``.
 
     Toolkit and runtime must come from the same minor release (1.1.x, 1.2.x, 1.3.x): the model format

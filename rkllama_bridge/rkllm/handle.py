@@ -1,0 +1,482 @@
+"""One native ``LLMHandle``: init, run (token ids or prompt), abort, destroy exactly once.
+
+Threading: ``rkllm_run`` blocks, so each generation runs it on a short-lived worker thread. The
+library calls back on its own thread; the ctypes callback only puts ``(kind, payload)`` events on the
+run's queue and returns at once, so the runtime is never held up by the consumer. ``generate`` runs
+on the caller's thread, takes events off the queue and calls ``on_token`` there (an exception from
+``on_token`` aborts the run and is re-raised once the library has stopped). Each run passes its own
+id as ``userdata``; callbacks carrying another id (the tail of an earlier run) are dropped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import logging
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..runtimes.base import (
+    GenerationFailed,
+    GenerationParams,
+    GenerationResult,
+    ModelHandle,
+    ModelLoadError,
+    ModelSpec,
+)
+from .abi_common import (
+    CALLBACK_CONTINUE,
+    CALLBACK_PAUSE,
+    RKLLM_INFER_GENERATE,
+    RKLLM_INPUT_PROMPT,
+    RKLLM_INPUT_TOKEN,
+    RKLLM_RUN_ERROR,
+    RKLLM_RUN_FINISH,
+    RKLLM_RUN_NORMAL,
+    RKLLM_RUN_WAITING,
+    LLMHandle,
+    RKLLMLoraAdapter,
+)
+from .library import RKLLMLibrary
+from .params import LoadSettings, fill_param, sampling_param, settings_from_spec
+
+log = logging.getLogger(__name__)
+
+OnText = Callable[[int, bytes], None]
+
+# Event kinds on a run's queue.
+_TOKEN, _FINISH, _ERROR, _CALLBACK_FAILED, _RETURNED = "token", "finish", "error", "callback-failed", "returned"
+
+POLL_S = 0.05
+
+
+@dataclass
+class _Perf:
+    prefill_ms: float | None = None
+    decode_ms: float | None = None
+    prefill_tokens: int | None = None
+    memory_mb: float | None = None
+
+
+@dataclass
+class _Outcome:
+    """What the consumer has seen of one run so far."""
+
+    completion: int = 0
+    dropped: int = 0
+    finish: str | None = None
+    error: str | None = None
+    raised: BaseException | None = None
+    perf: _Perf = field(default_factory=_Perf)
+
+
+class _Run:
+    """One rkllm_run in flight."""
+
+    def __init__(self, run_id: int, limit: int, eos: frozenset):
+        self.id = run_id
+        self.limit = limit
+        self.eos = eos
+        self.events: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self.stop_requested = threading.Event()  # someone wants the library to stop this run
+        self.user_aborted = False
+        self.native_tokens = 0  # counted on the library's thread
+        self.paused = False  # the callback returned 1 (pause) at the limit or at EOS: stopped exactly there
+        self.abort_sent = False
+        self.returned = threading.Event()
+        self.rc: int | None = None
+        self.consumer = threading.get_ident()  # the thread running generate()
+
+
+class _Router:
+    """Receives the library's callbacks and forwards them to the current run's queue.
+
+    Kept separate from the handle (and without a reference to it) so the handle can be collected and
+    its finalizer can still keep the callback alive until rkllm_destroy has returned.
+    """
+
+    def __init__(self, returns_int: bool):
+        self.returns_int = returns_int
+        self.current: _Run | None = None
+
+    def on_result(self, result_ptr, userdata, state) -> int | None:
+        run = self.current
+        action = CALLBACK_CONTINUE
+        try:
+            if run is not None and userdata == run.id:
+                action = self._deliver(run, result_ptr, state)
+            else:
+                log.debug("dropped a callback for run %s (current run: %s)", userdata, run and run.id)
+        except BaseException as exc:
+            log.exception("error in the librkllmrt result callback; aborting the run")
+            if run is not None:
+                run.events.put((_CALLBACK_FAILED, exc))
+        return action if self.returns_int else None
+
+    def _deliver(self, run: _Run, result_ptr, state: int) -> int:
+        if state in (RKLLM_RUN_NORMAL, RKLLM_RUN_WAITING):
+            if result_ptr:
+                r = result_ptr.contents
+                if r.token_id >= 0:
+                    run.events.put((_TOKEN, (r.token_id, r.text or b"")))
+                    run.native_tokens += r.token_id not in run.eos
+                    if self.returns_int and (r.token_id in run.eos or run.native_tokens >= run.limit):
+                        # Pausing stops the library right after this token, so its KV cache holds exactly
+                        # what the bridge saw; an abort from another thread would let a few more in.
+                        run.paused = True
+                        return CALLBACK_PAUSE
+        elif state == RKLLM_RUN_FINISH:
+            perf = _Perf()
+            if result_ptr and hasattr(result_ptr.contents, "perf"):
+                p = result_ptr.contents.perf
+                perf = _Perf(p.prefill_time_ms, p.generate_time_ms, p.prefill_tokens, p.memory_usage_mb)
+            run.events.put((_FINISH, perf))
+        elif state == RKLLM_RUN_ERROR:
+            run.events.put((_ERROR, None))
+        return CALLBACK_CONTINUE
+
+
+def _destroy(cdll: ctypes.CDLL, handle_value: int, keepalive: tuple) -> None:
+    """Free the native handle; ``keepalive`` (callbacks, param) must outlive this call."""
+    rc = cdll.rkllm_destroy(ctypes.c_void_p(handle_value))
+    if rc != 0:
+        log.warning("rkllm_destroy returned %d", rc)
+    del keepalive
+
+
+class RKLLMHandle(ModelHandle):
+    """A loaded RKLLM model. ``generate`` is not re-entrant (the bridge's scheduler serialises);
+    ``abort`` and ``close`` may be called from any thread; ``close`` is idempotent."""
+
+    def __init__(self, library: RKLLMLibrary, spec: ModelSpec, settings: LoadSettings | None = None,
+                 stall_timeout_s: float = 600.0, abort_timeout_s: float = 30.0):
+        self.spec = spec
+        self.library = library
+        self.abi = library.abi
+        self.stall_timeout_s = stall_timeout_s
+        self.abort_timeout_s = abort_timeout_s
+        cdll = library.cdll
+        if spec.weights is None:
+            raise ModelLoadError(f"{spec.name}: the Modelfile has no FROM naming the .rkllm file")
+        self.model_path = Path(spec.weights)
+        self._param = library.abi_default_param()
+        self._model_path_bytes = str(self.model_path).encode()
+        self.ignored_settings = fill_param(self.abi, self._param, settings or settings_from_spec(spec),
+                                           self._model_path_bytes)
+        self._router = _Router(self.abi.callback_returns_int)
+        self._callback = self.abi.LLMResultCallback(self._router.on_result)
+        self._callback_struct = None
+        handle = LLMHandle()
+        if self.abi.init_takes_callback_struct:
+            self._callback_struct = self.abi.RKLLMCallback(result_callback=self._callback)
+            rc = cdll.rkllm_init(ctypes.byref(handle), ctypes.byref(self._param), ctypes.byref(self._callback_struct))
+        else:
+            rc = cdll.rkllm_init(ctypes.byref(handle), ctypes.byref(self._param), self._callback)
+        if rc != 0 or not handle.value:
+            raise ModelLoadError(f"{spec.name}: rkllm_init failed ({rc}) for {self.model_path} with RKLLM "
+                                 f"{library.version or '?'} (ABI {self.abi.name}); the library's log above says why")
+        self._cdll = cdll
+        self._handle = handle
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._run: _Run | None = None
+        self._run_ids = itertools.count(1)
+        self._closed = False
+        self._broken: str | None = None
+        self._close_pending = False
+        #: False when the last run was stopped by rkllm_abort or produced tokens that were not delivered:
+        #: the library's KV cache may then hold tokens the bridge never saw, so a keep_history
+        #: follow-up must clear the cache first.
+        self.last_stop_exact = True
+        self._perf = _Perf()
+        self._finalizer = weakref.finalize(self, _destroy, cdll, handle.value,
+                                           (self._callback, self._callback_struct, self._param, self._router))
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, prompt_ids: Sequence[int], params: GenerationParams, on_token: Callable[[int], None],
+                 keep_history: bool = False, on_text: OnText | None = None) -> GenerationResult:
+        """Generate from token ids (RKLLM_INPUT_TOKEN). ``keep_history`` keeps the KV cache of this turn
+        for the next one (RKLLM >= 1.2.0; ignored with a warning on 1.1)."""
+        ids = [int(i) for i in prompt_ids]
+        if not ids:
+            raise GenerationFailed("the prompt has no tokens")
+        array = (ctypes.c_int32 * len(ids))(*ids)
+        inp = self.abi.RKLLMInput()
+        inp.input_type = RKLLM_INPUT_TOKEN
+        inp.token_input.input_ids = array
+        inp.token_input.n_tokens = len(ids)
+        return self._generate(inp, array, len(ids), params, on_token, on_text, keep_history)
+
+    def generate_prompt(self, prompt: str, params: GenerationParams, on_token: Callable[[int], None],
+                        on_text: OnText | None = None, keep_history: bool = False, role: str = "user",
+                        enable_thinking: bool = False) -> GenerationResult:
+        """Generate from text (RKLLM_INPUT_PROMPT): the library applies its own chat template.
+        ``role``/``enable_thinking`` are passed where the ABI has them (1.2.1+)."""
+        text = prompt.encode()
+        inp = self.abi.RKLLMInput()
+        inp.input_type = RKLLM_INPUT_PROMPT
+        inp.prompt_input = text
+        if self.abi.has_role:
+            inp.role = role.encode()
+            inp.enable_thinking = enable_thinking
+        return self._generate(inp, text, 0, params, on_token, on_text, keep_history)
+
+    def _generate(self, inp, keepalive, n_prompt: int, params: GenerationParams, on_token, on_text,
+                  keep_history: bool) -> GenerationResult:
+        infer = self.abi.RKLLMInferParam()
+        infer.mode = RKLLM_INFER_GENERATE
+        if self.abi.has_role and not inp.role:
+            inp.role = b"user"
+        if self.abi.has_keep_history:
+            infer.keep_history = 1 if keep_history else 0
+        elif keep_history:
+            log.warning("RKLLM %s cannot keep the KV cache between runs: keep_history ignored", self.abi.name)
+        sampling = sampling_param(self.abi, params, self._param)
+        if sampling is not None:
+            infer.sampling_params = ctypes.pointer(sampling)
+            infer.max_new_tokens = max(1, params.max_new_tokens)
+        run = self._start(inp, infer, (keepalive, sampling), max(1, params.max_new_tokens))
+        try:
+            return self._consume(run, n_prompt, on_token, on_text)
+        finally:
+            self._finish(run)
+
+    def _start(self, inp, infer, keepalive, limit: int) -> _Run:
+        with self._lock:
+            if self._closed:
+                raise GenerationFailed(f"{self.spec.name}: the model handle is closed")
+            if self._broken:
+                raise GenerationFailed(f"{self.spec.name}: the handle is unusable: {self._broken}")
+            if self._run is not None:
+                raise GenerationFailed(f"{self.spec.name}: a generation is already running on this handle")
+            run = _Run(next(self._run_ids), limit, frozenset(self.spec.eos_token_ids))
+            self._run = run
+            self.last_stop_exact = False  # until the run ends without an abort
+            self._router.current = run
+        worker = threading.Thread(target=self._native_run, args=(run, inp, infer, keepalive),
+                                  name=f"rkllm-run-{self.spec.name}-{run.id}", daemon=True)
+        worker.start()
+        return run
+
+    def _native_run(self, run: _Run, inp, infer, keepalive) -> None:
+        rc = 0
+        try:
+            if not run.stop_requested.is_set():
+                rc = self._cdll.rkllm_run(self._handle, ctypes.byref(inp), ctypes.byref(infer),
+                                          ctypes.c_void_p(run.id))
+        finally:
+            run.rc = rc
+            run.returned.set()
+            run.events.put((_RETURNED, rc))
+            del keepalive
+
+    def _consume(self, run: _Run, n_prompt: int, on_token, on_text) -> GenerationResult:
+        """Take the run's events until rkllm_run has returned; deliver tokens; decide how it ended."""
+        out = _Outcome()
+        last_event = time.monotonic()
+        while True:
+            try:
+                kind, payload = run.events.get(timeout=POLL_S)
+            except queue.Empty:
+                self._on_idle(run, out, time.monotonic() - last_event)
+                continue
+            last_event = time.monotonic()
+            if kind == _RETURNED:
+                break
+            if kind == _TOKEN:
+                self._on_token(run, out, payload, on_token, on_text)
+            elif kind == _FINISH:
+                out.perf = payload
+                if out.finish is None and not run.stop_requested.is_set():
+                    out.finish = "length" if out.completion >= run.limit else "stop"
+            elif kind == _ERROR and not (out.finish or run.user_aborted):
+                out.error = f"librkllmrt reported an error (RKLLM_RUN_ERROR) after {out.completion} tokens"
+            elif kind == _CALLBACK_FAILED:
+                out.error = f"the result callback failed: {payload!r}"
+                self._request_stop(run)
+        return self._result(run, out, n_prompt)
+
+    def _on_idle(self, run: _Run, out: _Outcome, quiet_s: float) -> None:
+        if run.stop_requested.is_set():
+            self._native_abort(run)  # again: an abort sent before the run started is lost
+            if quiet_s > self.abort_timeout_s:
+                self._broken = f"librkllmrt did not stop within {self.abort_timeout_s:.0f}s of an abort"
+                raise GenerationFailed(f"{self.spec.name}: {self._broken}")
+        elif quiet_s > self.stall_timeout_s:
+            out.error = f"no output from librkllmrt for {self.stall_timeout_s:.0f}s"
+            self._request_stop(run)
+
+    def _on_token(self, run: _Run, out: _Outcome, payload: tuple, on_token, on_text) -> None:
+        token_id, text = payload
+        if out.finish or out.error or out.raised or run.stop_requested.is_set():
+            out.dropped += 1  # the tail after we decided to stop: never delivered
+            return
+        if token_id in run.eos:
+            out.finish = "stop"
+            self._request_stop(run)
+            return
+        out.completion += 1
+        try:
+            on_token(token_id)
+            if on_text is not None:
+                on_text(token_id, text)
+        except BaseException as exc:  # noqa: BLE001 - re-raised once the library stopped
+            out.raised = exc
+            self._request_stop(run)
+            return
+        if out.completion >= run.limit:
+            out.finish = "length"
+            self._request_stop(run)
+
+    def _result(self, run: _Run, out: _Outcome, n_prompt: int) -> GenerationResult:
+        if out.raised is not None:
+            raise out.raised
+        if out.error is not None:
+            raise GenerationFailed(f"{self.spec.name}: {out.error}")
+        finish = out.finish
+        if run.user_aborted and finish is None:
+            finish = "abort"
+        if finish is None:
+            if run.rc not in (0, None):
+                raise GenerationFailed(f"{self.spec.name}: rkllm_run returned {run.rc} (see the library's log)")
+            finish = "stop"
+        perf = out.perf
+        self._perf = perf if perf.memory_mb is not None else self._perf
+        self.last_stop_exact = not run.abort_sent and not out.dropped
+        return GenerationResult(finish_reason=finish, prompt_tokens=n_prompt or (perf.prefill_tokens or 0),
+                                completion_tokens=out.completion, runtime_prefill_ms=perf.prefill_ms,
+                                runtime_decode_ms=perf.decode_ms)
+
+    def _finish(self, run: _Run) -> None:
+        """Make sure the library is done with ``run`` before the handle serves again."""
+        if not run.returned.is_set() and not self._broken:
+            self._request_stop(run)
+            deadline = time.monotonic() + self.abort_timeout_s
+            while not run.returned.wait(POLL_S):
+                self._native_abort(run)
+                if time.monotonic() > deadline:
+                    self._broken = f"librkllmrt did not stop within {self.abort_timeout_s:.0f}s of an abort"
+                    log.error("%s: %s", self.spec.name, self._broken)
+                    break
+        with self._lock:
+            if run.returned.is_set():
+                self._router.current = None
+            self._run = None
+            self._idle.notify_all()
+            if self._close_pending and not self._closed:
+                self._closed = True
+                self._finalizer()
+
+    # ------------------------------------------------------------------ control
+
+    def _request_stop(self, run: _Run) -> None:
+        run.stop_requested.set()
+        self._native_abort(run)
+
+    def _native_abort(self, run: _Run) -> None:
+        if run.paused and not run.user_aborted:
+            return  # the callback already paused the run; it is returning by itself
+        # Under the lock so that close() cannot destroy the handle between the check and the call.
+        with self._lock:
+            if not self._closed and not run.returned.is_set():
+                run.abort_sent = True
+                self._cdll.rkllm_abort(self._handle)
+
+    def abort(self) -> None:
+        """Stop the running generation (finish_reason "abort"); harmless when idle. Thread-safe."""
+        with self._lock:
+            run = self._run
+        if run is not None:
+            run.user_aborted = True
+            self._request_stop(run)
+
+    def is_running(self) -> bool:
+        """Whether the library reports a run in progress (its return convention differs per release)."""
+        with self._lock:
+            if self._closed:
+                return False
+            return self._cdll.rkllm_is_running(self._handle) == self.abi.is_running_busy
+
+    def clear_kv_cache(self, keep_system_prompt: bool = False) -> None:
+        """Drop the KV cache kept by ``keep_history`` runs (RKLLM >= 1.2.0; a no-op on 1.1, which keeps none)."""
+        if self.abi.clear_kv_cache_args == 0:
+            return
+        with self._lock:
+            self._check_idle("clear the KV cache")
+            if self.abi.clear_kv_cache_args == 2:
+                rc = self._cdll.rkllm_clear_kv_cache(self._handle, int(keep_system_prompt))
+            else:
+                rc = self._cdll.rkllm_clear_kv_cache(self._handle, int(keep_system_prompt), None, None)
+        if rc != 0:
+            raise GenerationFailed(f"{self.spec.name}: rkllm_clear_kv_cache returned {rc}")
+
+    def kv_cache_size(self) -> int | None:
+        """Positions held in the KV cache (RKLLM >= 1.2.1), else None."""
+        if not hasattr(self._cdll, "rkllm_get_kv_cache_size") or self.abi.clear_kv_cache_args != 4:
+            return None
+        sizes = (ctypes.c_int * 8)()
+        with self._lock:
+            self._check_idle("read the KV cache size")
+            rc = self._cdll.rkllm_get_kv_cache_size(self._handle, sizes)
+        return sizes[0] if rc == 0 else None
+
+    def load_lora(self, path: str, name: str, scale: float = 1.0) -> None:
+        """Load a LoRA adapter file into this handle."""
+        adapter = RKLLMLoraAdapter(path.encode(), name.encode(), scale)
+        with self._lock:
+            self._check_idle("load a LoRA adapter")
+            rc = self._cdll.rkllm_load_lora(self._handle, ctypes.byref(adapter))
+        if rc != 0:
+            raise ModelLoadError(f"{self.spec.name}: rkllm_load_lora({path}) returned {rc}")
+
+    def _check_idle(self, what: str) -> None:
+        if self._closed:
+            raise GenerationFailed(f"{self.spec.name}: cannot {what}: the handle is closed")
+        if self._run is not None:
+            raise GenerationFailed(f"{self.spec.name}: cannot {what} while a generation is running")
+
+    def close(self) -> None:
+        """Abort any running generation, wait for it, and destroy the native handle (once)."""
+        with self._lock:
+            if self._closed:
+                return
+            run = self._run
+        if run is not None:
+            run.user_aborted = True
+            self._request_stop(run)
+            if run.consumer == threading.get_ident():
+                with self._lock:
+                    self._close_pending = True  # called from on_token: destroy once generate returns
+                return
+        with self._lock:
+            self._idle.wait_for(lambda: self._run is None, timeout=self.abort_timeout_s + 5)
+            if self._closed:
+                return
+            if self._run is not None:
+                # Still running (e.g. close() called from on_token): destroy when the run ends.
+                self._close_pending = True
+                return
+            self._closed = True
+            self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def memory_mb(self) -> float:
+        if self._perf.memory_mb:
+            return float(self._perf.memory_mb)
+        try:
+            return self.model_path.stat().st_size / (1 << 20)
+        except OSError:
+            return 0.0
+
+    def ignored(self) -> list[str]:
+        return list(self.ignored_settings)

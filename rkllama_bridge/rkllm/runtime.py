@@ -1,0 +1,79 @@
+"""The ``rkllm`` runtime of the bridge: models on the NPU through librkllmrt.
+
+``RKLLMRuntime(lib_path=None, abi=None)`` finds and identifies the library lazily (on the first
+``load`` or ``describe``), never at import or construction. Each ``load`` creates an independent
+:class:`~.handle.RKLLMHandle` with its own callback, so several instances of one model can coexist
+(RKLLM >= 1.2.2 supports multiple handles).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from ..runtimes.base import ModelLoadError, ModelSpec, Runtime, RuntimeUnavailable
+from .handle import RKLLMHandle
+from .library import RKLLMLibrary
+from .model_file import inspect_model, version_mismatch
+
+log = logging.getLogger(__name__)
+
+STALL_ENV = "RKLLM_STALL_TIMEOUT_S"
+
+
+class RKLLMRuntime(Runtime):
+    """librkllmrt-backed runtime. ``lib_path``/``abi`` override ``RKLLM_LIB``/``RKLLM_ABI``."""
+
+    name = "rkllm"
+
+    def __init__(self, lib_path: str | None = None, abi: str | None = None):
+        self._lib_path = lib_path
+        self._abi = abi
+        self._library: RKLLMLibrary | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def library(self) -> RKLLMLibrary:
+        """The identified library (RuntimeUnavailable with a clear message if there is none usable)."""
+        with self._lock:
+            if self._library is None:
+                self._library = RKLLMLibrary(self._lib_path, self._abi)
+            return self._library
+
+    @property
+    def label(self) -> str:  # type: ignore[override]
+        try:
+            lib = self.library
+        except RuntimeUnavailable as exc:
+            return f"rkllm (unavailable: {exc})"
+        stub = ", test stub" if lib.is_stub else ""
+        return f"rkllm {lib.version or '?'} (ABI {lib.abi.name}{stub})"
+
+    def describe(self) -> dict:
+        out = {"name": self.name, "label": self.label}
+        try:
+            out["library"] = self.library.describe()
+        except RuntimeUnavailable as exc:
+            out["error"] = str(exc)
+        return out
+
+    def load(self, spec: ModelSpec) -> RKLLMHandle:
+        library = self.library
+        library.load()  # load and check the library before touching the model
+        if spec.weights is None:
+            raise ModelLoadError(f"{spec.name}: the Modelfile has no FROM naming the .rkllm file")
+        hints = [spec.options.get("HUGGINGFACE_PATH", ""), spec.directory.name]
+        info = inspect_model(spec.weights, hints)
+        if info.problem:
+            raise ModelLoadError(f"{spec.name}: {info.path}: {info.problem}")
+        mismatch = version_mismatch(info.toolkit_version, library.version)
+        if mismatch and info.version_source == "header":
+            raise ModelLoadError(f"{spec.name}: {mismatch}; convert it again with rkllm-toolkit "
+                                 f"{'.'.join(library.version.split('.')[:2])}.x or install a matching runtime")
+        if mismatch:
+            log.warning("%s: %s (going by the file name; loading anyway)", spec.name, mismatch)
+        stall = float(os.environ.get(STALL_ENV, "600"))
+        handle = RKLLMHandle(library, spec, stall_timeout_s=stall)
+        log.info("%s: loaded %s on RKLLM %s (ABI %s)", spec.name, info.path, library.version or "?", library.abi.name)
+        return handle

