@@ -4,7 +4,6 @@ measured on an unthrottled sim (where the runtime itself costs nothing)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile

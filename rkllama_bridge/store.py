@@ -77,7 +77,8 @@ class ModelStore:
         directory = self.root / name
         modelfile_path = directory / "Modelfile"
         if not modelfile_path.is_file():
-            raise ModelNotFound(f"model {name!r} not found in {self.root} (available: {', '.join(self.names()) or 'none'})")
+            available = ", ".join(self.names()) or "none"
+            raise ModelNotFound(f"model {name!r} not found in {self.root} (available: {available})")
         mtime = modelfile_path.stat().st_mtime_ns
         cached = self._cache.get(name)
         if cached and cached[0] == mtime:

@@ -26,10 +26,13 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: f
             value = condition()
             if value:
                 return value
+        except AssertionError:
+            raise  # the condition can never hold (e.g. the server exited): fail now
         except Exception as exc:  # noqa: BLE001 - the condition may fail until it holds
             last_exc = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+    detail = f" (last error: {last_exc!r})" if last_exc else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
 
 
 class ServerProcess:
