@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = ["bench_bridge", "bench_sr", "bench_lcm", "bench_pool", "bench_conversation"]
+BENCHMARKS = ["bench_bridge", "bench_engine", "bench_sr", "bench_lcm", "bench_pool", "bench_conversation"]
 
 
 def main(argv=None) -> int:

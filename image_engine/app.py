@@ -1,0 +1,89 @@
+"""The Flask app of ``image-engine serve``: services, their blueprints, JSON errors and ``/health``."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .config import EngineConfig
+from .errors import ImageEngineError
+from .generate_service import GenConfig, GenerateService
+from .openapi import OPEN_ROUTES, create_openapi_blueprint
+from .routes_generate import create_generate_blueprint
+from .routes_sr import SRService, create_sr_blueprint, error_response
+
+log = logging.getLogger(__name__)
+
+SERVICES_KEY = "image_engine.services"
+
+
+def register_service(app: Flask, name: str, service) -> None:
+    """Attach a service: its ``stats()`` shows under ``name`` in ``/health``; ``close()`` runs at exit."""
+    app.extensions.setdefault(SERVICES_KEY, {})[name] = service
+
+
+def close_app(app: Flask) -> None:
+    """Close every registered service (cancelling their jobs), in reverse order of registration."""
+    for name, service in reversed(list(app.extensions.get(SERVICES_KEY, {}).items())):
+        try:
+            service.close()
+        except Exception:  # noqa: BLE001 - one failing service must not keep the others open
+            log.exception("closing %s failed", name)
+
+
+def _register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(ImageEngineError, error_response)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return jsonify({"error": {"code": code, "message": exc.description}}), exc.code
+
+
+def _require_token(app: Flask, token: str) -> None:
+    """Every route but the open ones (``/health``) answers 401 without ``Authorization: Bearer <token>``."""
+    expected = f"Bearer {token}".encode()
+    open_paths = {path for _, path in OPEN_ROUTES}
+
+    @app.before_request
+    def check_token():
+        if request.path in open_paths:
+            return None
+        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
+            return (jsonify({"error": {"code": "unauthorized", "message": "missing or wrong bearer token"}}), 401,
+                    {"WWW-Authenticate": "Bearer"})
+        return None
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return jsonify({"error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}}), 500
+
+
+def create_app(config: EngineConfig) -> Flask:
+    """Build the app; raises :class:`~image_engine.errors.RuntimeFailure` if a model cannot be loaded."""
+    app = Flask("image_engine")
+    app.config["ENGINE_CONFIG"] = config
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    _register_error_handlers(app)
+    if config.token:
+        _require_token(app, config.token)
+    app.register_blueprint(create_openapi_blueprint())
+
+    sr = SRService(config.sr)
+    register_service(app, "sr", sr)
+    app.register_blueprint(create_sr_blueprint(sr))
+
+    generate = GenerateService(GenConfig.from_env(), sr=sr)
+    register_service(app, "generate", generate)
+    app.register_blueprint(create_generate_blueprint(generate))
+
+    @app.get("/health")
+    def health():
+        services = app.extensions.get(SERVICES_KEY, {})
+        return jsonify({"status": "ok", **{name: s.stats() for name, s in services.items()}})
+
+    return app

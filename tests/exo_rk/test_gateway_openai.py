@@ -1,0 +1,93 @@
+"""The official ``openai`` client, as a real peer, chats with ``exo-rk serve`` in front of a sim bridge."""
+
+from __future__ import annotations
+
+import sys
+
+import openai
+import pytest
+
+from tests.exo_rk.bridges import SIM_MODEL
+from tests.support import ServerProcess
+
+MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say something."}]
+
+
+@pytest.fixture(scope="module")
+def gateway(sim_bridge, tmp_path_factory):
+    home = tmp_path_factory.mktemp("gateway-exo-home")
+    argv = [sys.executable, "-m", "exo_rk", "serve", "--host", "127.0.0.1", "--bridge", sim_bridge.url]
+    with ServerProcess(argv, env={"EXO_HOME": str(home), "RKLLM_SERVERS": ""}, startup_timeout=60) as server:
+        yield server
+
+
+@pytest.fixture
+def client(gateway):
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=60) as c:
+        yield c
+
+
+def test_models_lists_the_bridge_models(client):
+    ids = [m.id for m in client.models.list().data]
+    assert SIM_MODEL in ids
+
+
+def test_chat_without_stream_reports_usage_and_length(client, sim_bridge):
+    reply = client.chat.completions.create(model=SIM_MODEL, messages=MESSAGES, max_tokens=5, temperature=0)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "length"
+    assert choice.message.role == "assistant" and choice.message.content
+    assert reply.usage.completion_tokens == 5
+    status, ids = sim_bridge.post_json("/v1/tokenize", {"model": SIM_MODEL, "messages": MESSAGES})
+    assert status == 200 and reply.usage.prompt_tokens == len(ids["token_ids"])
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + 5
+
+
+def test_stream_gives_the_same_text_as_one_response(client):
+    whole = client.chat.completions.create(model=SIM_MODEL, messages=MESSAGES, temperature=0)
+    chunks = list(
+        client.chat.completions.create(
+            model=SIM_MODEL,
+            messages=MESSAGES,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert whole.choices[0].finish_reason == "stop"
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_stop_sequence_cuts_the_text_and_ends_the_request(client):
+    full = (
+        client.chat.completions.create(model=SIM_MODEL, messages=MESSAGES, temperature=0)
+        .choices[0]
+        .message.content
+    )
+    words = full.split()
+    stop = words[len(words) // 2]
+    for stream in (False, True):
+        if stream:
+            chunks = client.chat.completions.create(
+                model=SIM_MODEL, messages=MESSAGES, stop=[stop], stream=True
+            )
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            reply = client.chat.completions.create(model=SIM_MODEL, messages=MESSAGES, stop=stop)
+            assert reply.choices[0].finish_reason == "stop"
+            text = reply.choices[0].message.content
+        assert text == full[: full.index(stop)]
+
+
+def test_bad_requests_get_clear_errors_and_the_gateway_keeps_serving(client):
+    with pytest.raises(openai.NotFoundError, match="no-such-model"):
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.chat.completions.create(model=SIM_MODEL, messages=MESSAGES, temperature=7)
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client.chat.completions.create(model=SIM_MODEL, messages=[])
+    assert client.chat.completions.create(model=SIM_MODEL, messages=MESSAGES, max_tokens=1).choices[0].message

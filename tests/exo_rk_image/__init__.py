@@ -1,0 +1,1 @@
+"""Tests of the exo image engine (RKNNImageInferenceEngine) against a real image server."""
