@@ -87,3 +87,16 @@ def create_app(config: EngineConfig) -> Flask:
         return jsonify({"status": "ok", **{name: s.stats() for name, s in services.items()}})
 
     return app
+
+
+def mount_image_routes(app: Flask, config: EngineConfig, prefix: str = "/image") -> None:
+    """Mount the super-resolution and text-to-image routes into another Flask app (the bridge) under
+    ``prefix`` (the bridge already answers rkllama's own ``POST /generate``). Their services are closed by
+    :func:`close_app`. The host app keeps its own auth and error handlers; image errors answer as here."""
+    app.register_error_handler(ImageEngineError, error_response)
+    sr = SRService(config.sr)
+    register_service(app, "sr", sr)
+    app.register_blueprint(create_sr_blueprint(sr), url_prefix=prefix)
+    generate = GenerateService(GenConfig.from_env(), sr=sr)
+    register_service(app, "generate", generate)
+    app.register_blueprint(create_generate_blueprint(generate), url_prefix=prefix)

@@ -18,7 +18,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class FakeCall:
-    """One recorded ``inference`` call."""
+    """One recorded ``inference`` call: the model path given to ``load_rknn``, the core mask, monotonic times."""
 
     model: str
     core_mask: int
@@ -37,6 +37,7 @@ class FakeRKNNLite:
 
     def __init__(self, verbose: bool = False):
         self._onnx_path: Optional[Path] = None
+        self._model_path: Optional[Path] = None
         self._session = None
         self.core_mask: Optional[int] = None
 
@@ -57,7 +58,7 @@ class FakeRKNNLite:
         onnx_path = p if p.suffix.lower() == ".onnx" else p.with_suffix(".onnx")
         if not p.exists() or not onnx_path.exists():
             return -1
-        self._onnx_path = onnx_path
+        self._onnx_path, self._model_path = onnx_path, p
         return 0
 
     def init_runtime(self, core_mask: int = 0, **_ignored) -> int:
@@ -94,7 +95,7 @@ class FakeRKNNLite:
             return None
         end = time.monotonic()
         with self._log_lock:
-            self._calls.append(FakeCall(str(self._onnx_path), int(self.core_mask), start, end,
+            self._calls.append(FakeCall(str(self._model_path), int(self.core_mask), start, end,
                                         threading.current_thread().name))
         return list(outputs)
 

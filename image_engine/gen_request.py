@@ -112,6 +112,10 @@ def _prompt(body: dict) -> str:
         raise BadInput("prompt is required and must be a string")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise BadInput(f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a \udXXX escape: no tokenizer can take it
+        raise BadInput("prompt is not valid Unicode (it holds a lone surrogate)") from None
     return prompt
 
 
@@ -147,8 +151,9 @@ def _number(body: dict, key: str, lo: float, hi: float) -> float | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise BadInput(f"{key} must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float)
+                                                                          and math.isnan(value)):
+        raise BadInput(f"{key} must be a number, got {value!r:.40}")
     if not lo <= value <= hi:
         raise BadInput(f"{key} must be between {lo:g} and {hi:g}, got {value}")
     return float(value)

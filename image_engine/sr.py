@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 _RGB_TO_YCC = np.array([[0.299, 0.587, 0.114],
                         [-0.168736, -0.331264, 0.5],
                         [0.5, -0.418688, -0.081312]], dtype=np.float32)
-_YCC_TO_RGB = np.linalg.inv(_RGB_TO_YCC.astype(np.float64)).astype(np.float32)
-_CHROMA_OFFSET = np.array([0.0, 0.5, 0.5], dtype=np.float32)
-# (Cb, Cr) weights of R, G and B given Y weight 1: the exact JFIF constants (the inverse of the matrix above).
+# (Cb, Cr) weights of R, G and B, whose Y weight is 1: the exact JFIF constants of the inverse.
 _RGB_FROM_CHROMA = ((0.0, 1.402), (-0.344136, -0.714136), (1.772, 0.0))
+_YCC_TO_RGB = np.array([[1.0, wb, wr] for wb, wr in _RGB_FROM_CHROMA], dtype=np.float32)
+_CHROMA_OFFSET = np.array([0.0, 0.5, 0.5], dtype=np.float32)
 
 
 def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
@@ -65,8 +65,8 @@ class Planes:
         channels = 3 if self.alpha is None else 4
         out = np.empty(self.y.shape + (channels,), np.float32)
         cb, cr = self.cb - 0.5, self.cr - 0.5
-        for k, (wy, wb, wr) in enumerate(_YCC_TO_RGB.tolist()):
-            out[..., k] = wy * self.y + wb * cb + wr * cr
+        for k, (wb, wr) in enumerate(_RGB_FROM_CHROMA):
+            out[..., k] = self.y + wb * cb + wr * cr
         if self.alpha is not None:
             out[..., 3] = self.alpha
         return np.clip(out, 0.0, 1.0, out=out)
@@ -210,9 +210,10 @@ class Upscaler:
         for c in cols:
             col_sum[c * s:(c + t) * s] += win
         # Zero sums only occur in the outer margin, which the caller crops away.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            acc /= row_sum[:, None]
-            acc /= col_sum[None, :]
+        with np.errstate(divide="ignore"):
+            inv_row, inv_col = np.where(row_sum > 0, 1.0 / row_sum, 0.0), np.where(col_sum > 0, 1.0 / col_sum, 0.0)
+        acc *= inv_row.astype(np.float32)[:, None]
+        acc *= inv_col.astype(np.float32)[None, :]
         return acc
 
     def upscale_luma(self, y: np.ndarray, passes: int = 1,
@@ -222,7 +223,8 @@ class Upscaler:
         This is the only part that needs the model; it is what a worker (an NPU core) runs.
         """
         for _ in range(passes):
-            y = np.clip(self.upscale_y(y, token), 0.0, 1.0)
+            out = self.upscale_y(y, token)
+            y = np.clip(out, 0.0, 1.0, out=out)
         return y
 
     def upscale(self, image: np.ndarray, passes: int = 1,

@@ -2,7 +2,7 @@
 
 Run by hand (needs the ``train`` extra)::
 
-    python -m image_engine.train_espcn --minutes 4 --out image_engine/models/espcn_x3.onnx
+    python -m image_engine.train_espcn --minutes 5 --out image_engine/models/espcn_x3.onnx
 
 The exported ONNX keeps the contract of the ONNX model zoo's super-resolution-10 (input "input" 1x1xHxW
 float32 luma in [0, 1], output 1x1x3Hx3W), so the same RKNN conversion applies; H and W are dynamic axes
@@ -189,7 +189,8 @@ def before_after_figure(model_path: Path, out: Path, name: str = "astronaut",
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "models" / "espcn_x3.onnx")
-    parser.add_argument("--minutes", type=float, default=4.0, help="wall-clock training budget")
+    parser.add_argument("--minutes", type=float, default=5.0,
+                        help="wall-clock training budget (the step count, hence the result, depends on the CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate --out")

@@ -31,6 +31,13 @@ class BridgeConfig:
     rkllm_lib: Optional[str] = None
     rkllm_abi: Optional[str] = None
     preload: tuple = ()
+    images: bool = True  # mount the image routes (super-resolution, LCM) under /image
+    prefix_reuse: bool = True
+    keep_alive: Optional[str] = None  # default keep_alive (Ollama duration); None: 5m
+    max_memory_mb: Optional[float] = None
+    state_file: Optional[Path] = None
+    restore: bool = True
+    npu_concurrent: bool = False
 
     @property
     def wsgi_threads(self) -> int:
@@ -53,6 +60,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="HTTP worker threads")
     p.add_argument("--max-body-bytes", type=int, default=8 * 2**20, help="request body size cap")
     p.add_argument("--preload", action="append", default=[], help="load this model at start (repeatable)")
+    p.add_argument("--no-images", dest="images", action="store_false", help="do not mount the image routes "
+                   "(/image/superres, /image/generate, ...; configured by the SR_* and MODEL_ROOT/MODES_PATH env vars)")
     p.add_argument("--sim-profile", default=None, help="sim runtime profile, e.g. qwen2.5-1.5b-rk3588")
     p.add_argument("--sim-decode-tok-s", type=float, default=None, help="override the profile's decode speed (0 = "
                    "unthrottled)")
@@ -62,6 +71,19 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    "to this JSONL file (debugging and tests)")
     p.add_argument("--rkllm-lib", default=None, help="path of librkllmrt.so (default: $RKLLM_LIB or the usual places)")
     p.add_argument("--rkllm-abi", default=None, help="force the RKLLM ABI (1.1, 1.2, 1.3; default: detected)")
+    p.add_argument("--no-prefix-reuse", dest="prefix_reuse", action="store_false", help="clear each handle's KV "
+                   "cache before every request instead of reusing the previous turn's prefix")
+    p.add_argument("--keep-alive", default=None, help="how long a model stays loaded after its last request, as "
+                   "Ollama's keep_alive: \"5m\" (default), seconds, 0 = unload at once, -1 = forever")
+    p.add_argument("--max-memory-mb", type=float, default=None, help="unload least recently used idle models when "
+                   "a load would go over this much model memory")
+    p.add_argument("--state-file", type=Path, default=None, help="remember the loaded models here and load them "
+                   "again at start (default: under the user cache dir, per models dir and port; none with --port 0)")
+    p.add_argument("--no-restore", dest="restore", action="store_false", help="do not load the models that were "
+                   "loaded before the last stop")
+    p.add_argument("--npu-concurrent", action="store_true", help="let LLM generation and image jobs use the NPU "
+                   "at the same time (by default they take turns per token / step: concurrent use can freeze "
+                   "the NPU on RK3588)")
     p.add_argument("--log-level", default=os.environ.get("RKLLAMA_BRIDGE_LOG", "INFO"))
 
 
@@ -76,4 +98,6 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
         sim_profile=args.sim_profile, sim_decode_tok_s=args.sim_decode_tok_s,
         sim_prefill_ms_per_token=args.sim_prefill_ms_per_token, sim_load_s=args.sim_load_s,
         record_prompts=args.record_prompts, rkllm_lib=args.rkllm_lib, rkllm_abi=args.rkllm_abi,
-        preload=tuple(args.preload))
+        preload=tuple(args.preload), images=args.images, prefix_reuse=args.prefix_reuse, keep_alive=args.keep_alive,
+        max_memory_mb=args.max_memory_mb, state_file=args.state_file, restore=args.restore,
+        npu_concurrent=args.npu_concurrent)

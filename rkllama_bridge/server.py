@@ -11,6 +11,8 @@ from typing import Optional
 from .app import create_app
 from .config import BridgeConfig
 from .default_model import DEFAULT_MODEL_NAME, ensure_default_model
+from .errors import BadRequest
+from .lifecycle import DEFAULT_KEEP_ALIVE_S, default_state_path, parse_keep_alive
 from .runtimes import create_runtime
 from .service import BridgeService, ServiceOptions
 from .store import ModelStore
@@ -34,8 +36,15 @@ def build_service(config: BridgeConfig) -> BridgeService:
     runtime = create_runtime(config.runtime, sim_profile=config.sim_profile, sim_overrides=sim_overrides,
                              tokenizer_for=lambda name: store.get(name).tokenizer, threads=None,
                              rkllm_lib=config.rkllm_lib, rkllm_abi=config.rkllm_abi)
+    try:
+        keep_alive = DEFAULT_KEEP_ALIVE_S if config.keep_alive is None else parse_keep_alive(config.keep_alive)
+    except BadRequest as exc:
+        raise SystemExit(f"rkllama-bridge: --keep-alive: {exc.message}") from None
     options = ServiceOptions(queue_max=config.queue_max, instances=config.instances,
-                             record_prompts=config.record_prompts, default_model=default_model)
+                             record_prompts=config.record_prompts, default_model=default_model,
+                             prefix_reuse=config.prefix_reuse, keep_alive_s=keep_alive,
+                             max_memory_mb=config.max_memory_mb, npu_concurrent=config.npu_concurrent,
+                             state_file=config.state_file or default_state_path(root, config.port))
     return BridgeService(store, runtime, options)
 
 
@@ -46,9 +55,13 @@ def serve(config: BridgeConfig) -> int:
     log.info("runtime: %s", service.runtime.describe().get("label"))
     for name in config.preload:
         service.load(name)
+    if config.restore:
+        service.restore()
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
         log.warning("binding %s without a token: anyone on the network can use this bridge", config.host)
     app = create_app(service, token=config.token, max_body_bytes=config.max_body_bytes)
+    if config.images:
+        mount_images(app)
     server = create_server(app, host=config.host, port=config.port, threads=config.wsgi_threads,
                            channel_request_lookahead=1,
                            # waitress's own limit only guards against absurd bodies (it answers in plain
@@ -72,9 +85,25 @@ def serve(config: BridgeConfig) -> int:
     except KeyboardInterrupt:
         log.info("stopping")
     finally:
+        # Stop generating first, so streaming requests end at once and their threads are free to join.
+        for entry in service.loaded():
+            for handle in entry.queue.handles:
+                handle.abort()
         server.close()
         service.close()
+        if config.images:
+            from image_engine.app import close_app
+
+            close_app(app)
     return 0
+
+
+def mount_images(app) -> None:
+    """The image engine's routes in this process, so one bridge owns the NPU for LLM and images alike."""
+    from image_engine.app import mount_image_routes
+    from image_engine.config import EngineConfig
+
+    mount_image_routes(app, EngineConfig.from_env())
 
 
 def main_serve(config: BridgeConfig) -> int:

@@ -150,18 +150,23 @@ def test_seed_curl_example_runs_verbatim(tmp_path):
                '"http://localhost:4200/superres?out_format=jpeg&quality=92" --output out.jpg')  # the seed's
         result = subprocess.run(cmd, shell=True, cwd=tmp_path, capture_output=True, timeout=60)
         assert result.returncode == 0, result.stderr
-        out = Image.open(tmp_path / "out.jpg")
-        assert (out.format, out.size) == ("JPEG", (180, 120))
+        with Image.open(tmp_path / "out.jpg") as out:
+            assert (out.format, out.size) == ("JPEG", (180, 120))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def test_full_queue_gets_429_and_timeouts_cancel_the_work():
-    # Tiny tiles make a 2000x2000 image take thousands of model runs: far longer than the 3 s timeout.
+@pytest.fixture(scope="module")
+def big_png() -> bytes:
+    """2000x2000: with 32-pixel tiles that is ~20,000 model runs, far longer than any timeout used here."""
+    return to_png(make_image(2000, 2000, seed=5))
+
+
+def test_full_queue_gets_429_and_timeouts_cancel_the_work(big_png):
     env = {"SR_NUM_WORKERS": "1", "SR_QUEUE_MAX": "1", "SR_REQUEST_TIMEOUT": "3", "SR_INPUT_SIZE": "32",
            "SR_OUTPUT_SIZE": "96", "SR_THREADS": "1"}
-    big, small = to_png(make_image(2000, 2000, seed=5)), to_png(make_image(8, 8))
+    big, small = big_png, to_png(make_image(8, 8))
     total_tiles = TileGeometry(tile=32).tile_count(2000, 2000)
     with ServerProcess(engine_argv(), env=env, startup_timeout=60) as server:
         pool = lambda: server.get_json("/health")[1]["sr"]["pool"]  # noqa: E731
@@ -231,14 +236,15 @@ def test_cli_upscale_writes_the_file(tmp_path):
                                     cwd=str(REPO), capture_output=True, text=True, timeout=60)
     ok = run(str(src), str(tmp_path / "out.webp"), "--magnitude", "2")
     assert ok.returncode == 0, ok.stderr
-    assert Image.open(tmp_path / "out.webp").size == (270, 180)
+    with Image.open(tmp_path / "out.webp") as out:
+        assert out.size == (270, 180)
     bad = run(str(tmp_path / "nope.png"), str(tmp_path / "x.png"))
     assert bad.returncode == 2 and "input file not found" in bad.stderr
 
 
-def test_sigterm_cancels_the_running_job_and_exits_cleanly():
+def test_sigterm_cancels_the_running_job_and_exits_cleanly(big_png):
     env = {"SR_NUM_WORKERS": "1", "SR_INPUT_SIZE": "32", "SR_OUTPUT_SIZE": "96", "SR_THREADS": "1"}
-    big = to_png(make_image(2000, 2000, seed=6))
+    big = big_png
     server = ServerProcess(engine_argv(), env=env, startup_timeout=60).start()
     answers = []
 

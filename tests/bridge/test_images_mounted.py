@@ -1,0 +1,39 @@
+"""The bridge mounts the image engine's routes under /image: one process owns the NPU for both."""
+
+import io
+
+import requests
+from PIL import Image
+
+
+def _png(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (200, 40, 90)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_superres_is_served_by_the_bridge(start_bridge):
+    b = start_bridge("--sim-profile", "instant")
+    r = requests.post(b.url + "/image/superres", files={"file": ("in.png", _png(20, 12), "image/png")},
+                      data={"out_format": "png"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-SuperRes"] == "1" and r.headers["X-SR-Scale"] == "3"
+    assert Image.open(io.BytesIO(r.content)).size == (60, 36)
+    # rkllama's own /generate is untouched by the mount
+    assert requests.post(b.url + "/generate", json={}, timeout=10).json()["error"]["code"] == "invalid_messages"
+
+
+def test_image_errors_are_json_and_the_token_covers_image_routes(start_bridge):
+    b = start_bridge("--sim-profile", "instant", token="tok")
+    r = requests.post(b.url + "/image/superres", files={"file": ("x.png", b"not an image", "image/png")},
+                      timeout=30)
+    assert r.status_code == 401
+    r = requests.post(b.url + "/image/superres", files={"file": ("x.png", b"not an image", "image/png")},
+                      headers={"Authorization": "Bearer tok"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["message"]
+
+
+def test_no_images_leaves_the_image_routes_out(start_bridge):
+    b = start_bridge("--sim-profile", "instant", "--no-images")
+    assert requests.post(b.url + "/image/superres", files={"file": ("in.png", _png(4, 4), "image/png")},
+                         timeout=30).status_code == 404
