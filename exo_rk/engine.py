@@ -298,8 +298,9 @@ class RKLLMInferenceEngine(InferenceEngine):
         """Image model ids go to the RKNN image engine, so one ``rkllm`` node serves both."""
         if self._image_engine is None:
             try:
-                from exo_rk.image_engine import RKNNImageInferenceEngine
+                from exo_rk.image_engine import ImageSettings, RKNNImageInferenceEngine
             except ImportError as exc:
                 raise errors.UnknownModel(f"image models need exo_rk.image_engine: {exc}") from exc
-            self._image_engine = RKNNImageInferenceEngine(self.shard_downloader)
+            self._image_engine = RKNNImageInferenceEngine(self.shard_downloader,
+                                                          settings=ImageSettings.from_env(base=self.settings))
         return self._image_engine

@@ -24,6 +24,7 @@ from exo_rk.chat_request import ChatRequest, InvalidRequest, parse_chat_request
 from exo_rk.compat import full_shard
 from exo_rk.detok import TextStream
 from exo_rk.engine import STATE_MESSAGES, STATE_PARAMS, RKLLMInferenceEngine
+from exo_rk.gateway_images import handle_image_generations
 from exo_rk.openapi import OPEN_ROUTES, handle_openapi
 from exo_rk.tokenizer_store import encode_prompt
 
@@ -284,6 +285,7 @@ def create_app(
     app.router.add_post("/v1/chat/completions", handle_chat)
     app.router.add_post("/chat/completions", handle_chat)
     app.router.add_get("/v1/models", handle_models)
+    app.router.add_post("/v1/images/generations", handle_image_generations)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/openapi.json", handle_openapi)

@@ -73,9 +73,11 @@ class ImageSettings:
     token: str | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ImageSettings:
+    def from_env(cls, env: Mapping[str, str] | None = None, base: Settings | None = None) -> ImageSettings:
+        """From ``RKNN_IMAGE_*``; without ``RKNN_IMAGE_SERVERS`` the image routes of the bridges in ``base``
+        (the LLM engine's settings, so both engines talk to the same boards) or of the environment's."""
         env = os.environ if env is None else env
-        base = Settings.from_env(env)
+        base = base or Settings.from_env(env)
         servers = parse_servers(env["RKNN_IMAGE_SERVERS"]) if env.get("RKNN_IMAGE_SERVERS", "").strip() \
             else tuple(server + BRIDGE_IMAGE_PREFIX for server in base.servers)
         raw = env.get("RKNN_IMAGE_STEP_TIMEOUT", "600")

@@ -1,0 +1,70 @@
+"""``POST /v1/images/generations`` on the gateway: OpenAI's image shape over the same engine path exo uses
+for image models (``RKLLMInferenceEngine`` delegating to ``RKNNImageInferenceEngine``)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+import uuid
+from typing import Any, Dict
+
+from aiohttp import web
+from PIL import Image
+
+from exo_rk import errors
+from exo_rk.compat import full_shard
+from exo_rk.model_cards import IMAGE_MODEL_IDS
+
+DEFAULT_IMAGE_MODEL = "stable-diffusion-2-1-base"
+IMAGE_LAYERS = 31  # exo's card for stable-diffusion-2-1-base; the whole model is one shard here
+_PASSED = ("size", "num_inference_steps", "guidance_scale", "seed", "mode")
+
+
+class InvalidImageRequest(ValueError):
+    pass
+
+
+def parse_image_request(body: Any) -> Dict[str, Any]:
+    """Validated fields of an OpenAI image request; raises InvalidImageRequest naming the field."""
+    if not isinstance(body, dict):
+        raise InvalidImageRequest("the body must be a JSON object")
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidImageRequest("'prompt' must be a non-empty string")
+    model = body.get("model") or DEFAULT_IMAGE_MODEL
+    if model not in IMAGE_MODEL_IDS:
+        raise InvalidImageRequest(f"'model' must be one of {', '.join(sorted(IMAGE_MODEL_IDS))}")
+    if body.get("n", 1) != 1:
+        raise InvalidImageRequest("'n' must be 1 (one image per request)")
+    if body.get("response_format", "b64_json") != "b64_json":
+        raise InvalidImageRequest("'response_format' must be 'b64_json' (no image hosting here)")
+    size = body.get("size")
+    if size is not None and (not isinstance(size, str) or size.count("x") != 1
+                             or not all(p.isdigit() for p in size.split("x"))):
+        raise InvalidImageRequest("'size' must look like '512x512'")
+    params = {k: body[k] for k in _PASSED if body.get(k) is not None}
+    return {"model": model, "prompt": prompt, "params": params}
+
+
+async def handle_image_generations(request: web.Request) -> web.Response:
+    from exo_rk.gateway import ENGINE_KEY, _bridge_error_response, error_response
+    from exo_rk.image_engine import ImageGenerationError, generate_like_exo
+
+    try:
+        req = parse_image_request(await request.json())
+    except ValueError as exc:  # JSON errors are ValueErrors too
+        return error_response(400, "invalid_request", str(exc))
+    engine = request.app[ENGINE_KEY]
+    try:
+        image, _state = await generate_like_exo(engine, full_shard(req["model"], IMAGE_LAYERS), req["prompt"],
+                                                request_id=uuid.uuid4().hex, params=req["params"])
+    except ImageGenerationError as exc:
+        return error_response(502, "image_generation_failed", str(exc))
+    except errors.BridgeError as exc:
+        return _bridge_error_response(exc)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "PNG")
+    return web.json_response({"created": int(time.time()),
+                              "data": [{"b64_json": base64.b64encode(buf.getvalue()).decode("ascii"),
+                                        "revised_prompt": req["prompt"]}]})
