@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint clean fuzz soak
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,15 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The contract fuzzing of tests/contracts, longer: more examples per operation, more time per service.
+fuzz: $(STAMP)
+	EXO_RK_FUZZ_EXAMPLES=$${EXO_RK_FUZZ_EXAMPLES:-200} EXO_RK_FUZZ_SECONDS=$${EXO_RK_FUZZ_SECONDS:-240} \
+		$(PY) -m pytest tests/contracts -k fuzz_ -s -q -p no:cacheprovider --timeout 1800
+
+# Mixed chat and image load against sim bridges and an image service (not in CI); SOAK_SECONDS=60 by default.
+soak: $(STAMP)
+	$(PY) -m benchmarks.soak --seconds $${SOAK_SECONDS:-60}
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

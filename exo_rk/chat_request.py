@@ -70,7 +70,12 @@ def _messages(body: dict) -> Tuple[Dict[str, Any], ...]:
                 f"messages[{i}] needs a role of system, user, assistant or developer", "messages"
             )
         role = "system" if message["role"] == "developer" else message["role"]
-        out.append({"role": role, "content": _content(message, i)})
+        content = _content(message, i)
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a \udXXX escape: no tokenizer can take it
+            raise InvalidRequest(f"messages[{i}].content is not valid Unicode (lone surrogate)", "messages") from None
+        out.append({"role": role, "content": content})
     return tuple(out)
 
 

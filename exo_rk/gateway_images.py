@@ -32,6 +32,10 @@ def parse_image_request(body: Any) -> Dict[str, Any]:
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidImageRequest("'prompt' must be a non-empty string")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a \udXXX escape
+        raise InvalidImageRequest("'prompt' is not valid Unicode (lone surrogate)") from None
     model = body.get("model") or DEFAULT_IMAGE_MODEL
     if model not in IMAGE_MODEL_IDS:
         raise InvalidImageRequest(f"'model' must be one of {', '.join(sorted(IMAGE_MODEL_IDS))}")
@@ -49,7 +53,7 @@ def parse_image_request(body: Any) -> Dict[str, Any]:
 
 async def handle_image_generations(request: web.Request) -> web.Response:
     from exo_rk.gateway import ENGINE_KEY, _bridge_error_response, error_response
-    from exo_rk.image_engine import ImageGenerationError, generate_like_exo
+    from exo_rk.image_engine import ImageGenerationError, ImageRequestRefused, generate_like_exo
 
     try:
         req = parse_image_request(await request.json())
@@ -59,6 +63,8 @@ async def handle_image_generations(request: web.Request) -> web.Response:
     try:
         image, _state = await generate_like_exo(engine, full_shard(req["model"], IMAGE_LAYERS), req["prompt"],
                                                 request_id=uuid.uuid4().hex, params=req["params"])
+    except ImageRequestRefused as exc:  # the image server's own validation (size, steps, mode)
+        return error_response(400, "invalid_request", str(exc))
     except ImageGenerationError as exc:
         return error_response(502, "image_generation_failed", str(exc))
     except errors.BridgeError as exc:

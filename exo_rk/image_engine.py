@@ -62,6 +62,10 @@ class ImageGenerationError(RuntimeError):
     """The image server refused or failed a generation; the message is the server's."""
 
 
+class ImageRequestRefused(ImageGenerationError):
+    """The image server answered 4xx: the request itself is wrong (bad size, steps, mode...)."""
+
+
 @dataclass(frozen=True)
 class ImageSettings:
     """Where the image servers are, which mode exo's image ids use, and how long a step may take."""
@@ -223,7 +227,7 @@ class RKNNImageInferenceEngine(InferenceEngine):
                 if resp.status in (429, 503):  # busy or not serving images: another server may be free
                     errors.append(message)
                     continue
-                raise ImageGenerationError(message)
+                raise (ImageRequestRefused if 400 <= resp.status < 500 else ImageGenerationError)(message)
             job = _ImageJob(total_steps=None)
             job.task = asyncio.create_task(self._read(resp, job))
             self._jobs.put(request_id, job)

@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional
 from aiohttp import web
 
 from exo_rk import __version__
+from exo_rk.model_cards import IMAGE_MODEL_IDS
 
 JSON = "application/json"
 OPEN_ROUTES = {("get", "/health")}
@@ -32,6 +33,11 @@ CHAT_BODY = {"type": "object", "required": ["messages"], "properties": {
     "seed": {"type": "integer"}, "stop": {"anyOf": [{"type": "string"}, {"type": "array", "maxItems": 4,
                                                                             "items": {"type": "string"}}]},
     "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}}}}
+IMAGE_BODY = {"type": "object", "required": ["prompt"], "properties": {
+    "prompt": {"type": "string", "minLength": 1}, "model": {"type": "string", "enum": sorted(IMAGE_MODEL_IDS)},
+    "n": {"type": "integer", "enum": [1]}, "response_format": {"type": "string", "enum": ["b64_json"]},
+    "size": {"type": "string", "pattern": "^[0-9]+x[0-9]+$"}, "num_inference_steps": {"type": "integer"},
+    "guidance_scale": {"type": "number"}, "seed": {"type": "integer"}, "mode": {"type": "string"}}}
 CHAT_OK = {"type": "object", "required": ["id", "object", "choices", "usage"], "properties": {
     "id": {"type": "string"}, "object": {"type": "string", "enum": ["chat.completion"]},
     "model": {"type": "string"}, "choices": {"type": "array", "items": {"type": "object"}},
@@ -58,6 +64,12 @@ def build_spec() -> Dict[str, Any]:
         "/v1/models": {"get": _op("the bridges' models", {JSON: {
             "type": "object", "required": ["object", "data"],
             "properties": {"data": {"type": "array", "items": {"type": "object", "required": ["id"]}}}}})},
+        "/v1/images/generations": {"post": _op(
+            "OpenAI images through the engine's image path (the bridges' mounted image routes)", {JSON: {
+                "type": "object", "required": ["created", "data"], "properties": {
+                    "created": {"type": "integer"}, "data": {"type": "array", "items": {
+                        "type": "object", "required": ["b64_json"], "properties": {"b64_json": {"type": "string"}}}}}}},
+            IMAGE_BODY)},
         "/health": {"get": _op("liveness (open without the token)", {JSON: {
             "type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}})},
         "/metrics": {"get": _op("Prometheus text of the bridge pool", {"text/plain": {"type": "string"}})},

@@ -69,6 +69,7 @@ class Bridge:
         self.queue_max = 8
         self.external = 0  # busy + queued on the bridge not caused by this pool (at the last probe)
         self.outstanding = 0
+        self.ended = 0  # requests of this pool ended since the last probe (the bridge may still count them)
         self.by_model: Dict[str, int] = collections.Counter()
         self.uptime: Optional[float] = None
         # backoff state for probes
@@ -119,6 +120,7 @@ class Bridge:
 
     def end(self, model: str) -> None:
         self.outstanding -= 1
+        self.ended += 1
         self.by_model[model] -= 1
 
     def snapshot(self) -> Dict[str, Any]:
@@ -150,7 +152,7 @@ class BridgePool:
         self._retired: List[Bridge] = []
         self._info: Dict[str, ModelInfo] = {}
         self._monitor: Optional[asyncio.Task] = None
-        self._started: Optional[asyncio.Future] = None
+        self._first_round: Optional[asyncio.Event] = None
         self._wake: Optional[asyncio.Event] = None
         self._last_rescue = 0.0
         self.retries = 0
@@ -221,18 +223,14 @@ class BridgePool:
 
     async def _ensure_started(self) -> None:
         """On first use: probe every bridge once, then keep probing in the background."""
-        if self._started is None:
-            self._started = asyncio.get_running_loop().create_future()
-            self._wake = asyncio.Event()
-            self._read_servers_file()
-            await asyncio.gather(*(self._check(b) for b in list(self._bridges.values())))
+        if self._monitor is None:
+            self._wake, self._first_round = asyncio.Event(), asyncio.Event()
             self._monitor = asyncio.create_task(self._watch(), name="bridge-pool-health")
-            self._started.set_result(None)
-        elif not self._started.done():
-            await asyncio.shield(self._started)
+        await self._first_round.wait()
 
     async def _watch(self) -> None:
         while True:
+            now = time.monotonic()
             try:
                 self._read_servers_file()
                 self._close_retired()
@@ -242,6 +240,7 @@ class BridgePool:
                     await asyncio.gather(*(self._check(b) for b in due))
             except Exception:  # noqa: BLE001 - the health checks must outlive any one bad round
                 log.exception("pool: health check round failed")
+            self._first_round.set()
             wake_at = min((b.next_check for b in self._bridges.values()), default=now + self.health_interval)
             delay = max(0.01, min(wake_at, time.monotonic() + self.health_interval) - time.monotonic())
             self._wake.clear()
@@ -270,9 +269,13 @@ class BridgePool:
         restarted = bridge.uptime is not None and isinstance(uptime, (int, float)) and uptime < bridge.uptime
         bridge.uptime = uptime if isinstance(uptime, (int, float)) else None
         bridge.loaded = {str(m["name"]): int(m.get("instances") or 1) for m in models}
-        bridge.queue_max = int(health.get("queue_max") or bridge.queue_max)
+        if isinstance(health.get("queue_max"), int):
+            bridge.queue_max = health["queue_max"]
         running = sum(int(m.get("busy") or 0) + int(m.get("queued") or 0) for m in models)
-        bridge.external = max(0, running - bridge.outstanding)
+        # What is not ours is other clients' work; a request we just closed may still be counted there
+        # until the bridge notices, so it is not taken for someone else's.
+        bridge.external = max(0, running - bridge.outstanding - bridge.ended)
+        bridge.ended = 0
         if not bridge.healthy:
             log.info("pool: bridge %s is up (%s loaded)", bridge.url, ", ".join(bridge.loaded) or "nothing")
         elif restarted:
@@ -541,7 +544,6 @@ class BridgePool:
             except asyncio.CancelledError:
                 pass
             self._monitor = None
-        self._started = None
         for bridge in [*self._bridges.values(), *self._retired]:
             await bridge.client.close()
             await bridge.probe.close()

@@ -19,6 +19,7 @@ import base64
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -41,13 +42,19 @@ def _modes_error(exc: ModesError):
     return jsonify({"error": {"code": "bad_modes_file", "message": str(exc)}}), 422
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def _json_body() -> object:
     data = request.get_data(cache=False)
     if not data:
         raise BadInput("the request body must be a JSON object (Content-Type: application/json)")
     try:
-        return json.loads(data)
-    except ValueError as exc:
+        body = json.loads(data)
+        if _SURROGATE_ESCAPE.search(data):  # a \udXXX escape may leave a lone surrogate: not text
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        return body
+    except ValueError as exc:  # UnicodeEncodeError is a ValueError
         raise BadInput(f"the request body is not valid JSON: {exc}") from None
 
 

@@ -10,6 +10,7 @@ from typing import Optional
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from . import openapi as openapi_doc
 from .errors import BridgeError, ClientGone
 from .routes import admin, native, ollama, openai, rkllama
 from .service import BridgeService
@@ -27,7 +28,7 @@ def create_app(service: BridgeService, *, token: Optional[str] = None, max_body_
                       JSON_SORT_KEYS=False)
     app.json.ensure_ascii = False
     app.json.sort_keys = False
-    for module in (rkllama, ollama, openai, native, admin):
+    for module in (rkllama, ollama, openai, native, admin, openapi_doc):
         app.register_blueprint(module.bp)
     for bp in extra_blueprints:
         app.register_blueprint(bp)

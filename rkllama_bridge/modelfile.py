@@ -78,17 +78,41 @@ class Modelfile:
         return self.values.get(key.upper(), default)
 
 
+# Inside quotes: \\ \" \n \r \t and \uXXXX are escapes; any other backslash is kept as written (paths).
+_ESCAPE = re.compile(r'\\(\\|"|n|r|t|u[0-9a-fA-F]{4})')
+_SIMPLE = {"\\": "\\", '"': '"', "n": "\n", "r": "\r", "t": "\t"}
+# Characters that would end a line for some reader: always written as escapes.
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
 def _unquote(value: str) -> str:
     value = value.strip()
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-        return value[1:-1].replace('\\"', '"').replace("\\n", "\n")
+        return _ESCAPE.sub(lambda m: _SIMPLE.get(m.group(1)) or chr(int(m.group(1)[1:], 16)), value[1:-1])
     return value
+
+
+def _quote(value: str) -> str:
+    out = []
+    for ch in value:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch in _LINE_BREAKS:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def parse_modelfile(text: str, path: Path = Path("Modelfile")) -> Modelfile:
     """Parse Modelfile text; raise ModelfileError for malformed lines or invalid typed values."""
     mf = Modelfile(path=path)
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Only \n (or \r\n) ends a line: other Unicode line breaks belong to the value they stand in.
+    for lineno, line in enumerate(text.split("\n"), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
@@ -122,6 +146,5 @@ def render_modelfile(values: Mapping[str, object]) -> str:
     """The inverse of parse_modelfile for the values given (used to write the default model's file)."""
     lines = []
     for key, value in values.items():
-        text = str(value).replace('"', '\\"').replace("\n", "\\n")
-        lines.append(f'{key.upper()}="{text}"')
+        lines.append(f"{key.upper()}={_quote(str(value))}")
     return "\n".join(lines) + "\n"

@@ -14,7 +14,8 @@ MAX_TOP_K = 10_000
 
 def _number(name: str, value: Any, lo: float, hi: float, *, integer: bool = False, lo_open: bool = False):
     kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            integer and isinstance(value, float) and not value.is_integer()):  # float(10**400) would overflow
         raise BadRequest(f"'{name}' must be {kind}, got {type(value).__name__} {str(value)[:40]!r}",
                          code="invalid_parameter")
     if isinstance(value, float) and not math.isfinite(value):
@@ -88,6 +89,9 @@ def messages_field(body: Mapping[str, Any], name: str = "messages") -> list:
             content = ""
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
             parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            if not all(isinstance(p, str) for p in parts):
+                raise BadRequest(f"{name}[{i}].content: a text part's 'text' must be a string",
+                                 code="invalid_messages")
             content = "".join(parts)
         if not isinstance(content, str):
             raise BadRequest(f"{name}[{i}].content must be a string", code="invalid_messages")

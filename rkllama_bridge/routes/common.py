@@ -4,6 +4,7 @@ stop strings, and response helpers."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -20,6 +21,9 @@ def service() -> BridgeService:
     return current_app.config["BRIDGE_SERVICE"]
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def json_body() -> dict:
     """The request's JSON object; malformed JSON or another type is a 400 that says so."""
     raw = request.get_data(cache=True)
@@ -27,7 +31,9 @@ def json_body() -> dict:
         raise BadRequest("the request body is empty: send a JSON object", code="invalid_body")
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        if _SURROGATE_ESCAPE.search(raw):  # a \udXXX escape may leave a lone surrogate no tokenizer takes
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError) as exc:
         raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from None
     return require_object(body)
 

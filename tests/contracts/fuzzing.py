@@ -19,12 +19,17 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
-                                 status_code_conformance)
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from schemathesis.core.failures import FailureGroup
 from schemathesis.generation import GenerationMode
 
-DEFAULT_EXAMPLES = 6
-DEFAULT_SECONDS = 20.0
+DEFAULT_EXAMPLES = 12
+DEFAULT_SECONDS = 12.0
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
@@ -88,22 +93,21 @@ def fuzz_operation(base_url: str, operation, session: requests.Session, headers:
         if problem is None:
             try:
                 case.validate_response(response, checks=CHECKS)
-            except AssertionError as exc:  # schemathesis' FailureGroup is an AssertionError
-                problem = " / ".join(str(exc).split("\n")[:6])
+            except (AssertionError, FailureGroup) as exc:
+                problem = " / ".join(line.strip() for line in str(exc).splitlines()[:8] if line.strip())
         if problem:
             report.failures.append(f"{_describe(case)} -> {response.status_code}: {problem}")
 
     run()
 
 
-def fuzz_server(base_url: str, token: Optional[str] = None, skip=()) -> FuzzReport:
+def fuzz_server(base_url: str, token: Optional[str] = None) -> FuzzReport:
     """Fuzz every operation of the server's ``/openapi.json``, sharing ``EXO_RK_FUZZ_SECONDS`` between them."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     doc = requests.get(base_url + "/openapi.json", headers=headers, timeout=30)
     doc.raise_for_status()
     schema = schemathesis.openapi.from_dict(json.loads(doc.content))
     operations = [r.ok() for r in schema.get_all_operations()]
-    operations = [op for op in operations if (op.method.upper(), op.path) not in skip]
     report = FuzzReport()
     start, budget = time.monotonic(), seconds_per_surface()
     with requests.Session() as session:
@@ -112,4 +116,94 @@ def fuzz_server(base_url: str, token: Optional[str] = None, skip=()) -> FuzzRepo
             share = (budget - (time.monotonic() - start)) / (len(operations) - i)
             fuzz_operation(base_url, op, session, headers, report, time.monotonic() + max(share, 0.5),
                            examples_per_operation())
+    return report
+
+
+# --- hypothesis-driven JSON bodies: the document's field names with hostile values ------------------------
+
+TRICKY_STRINGS = st.sampled_from(["", "\ud800", "a\udfffb", "\x00", "é" * 3, "🙂", "../../etc/passwd", "x" * 5000,
+                                  "NaN", "-1", "512x512", "qwen-sim"])
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70), st.sampled_from([10 ** 400, -1, 0]),
+                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20), TRICKY_STRINGS)
+WILD_JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+    st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+
+def _leaf(schema: dict) -> Optional[st.SearchStrategy]:
+    """Values ``schema`` allows (strings include the tricky ones, which are valid JSON strings)."""
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    kind = schema.get("type")
+    if kind == "string":
+        return st.text(max_size=20) | TRICKY_STRINGS
+    if kind == "integer":
+        return st.integers(schema.get("minimum", 0), schema.get("maximum", 64))
+    if kind == "number":
+        return st.floats(schema.get("minimum", 0.0), schema.get("maximum", 2.0))
+    if kind == "boolean":
+        return st.booleans()
+    return None
+
+
+def shaped(schema: dict, depth: int = 0, known: Optional[dict] = None) -> st.SearchStrategy:
+    """Mostly values that follow ``schema`` (object keys, array items, leaf types), now and then any JSON:
+    one hostile value among otherwise valid fields. ``known`` gives realistic values for some field names
+    (a model that exists)."""
+    known = known or {}
+    options = []
+    props = schema.get("properties", {})
+    if props and depth < 4:
+        required = [k for k in schema.get("required", []) if k in props]
+
+        def field(k):
+            return known[k] if k in known else shaped(props[k], depth + 1, known)
+
+        options.append(st.fixed_dictionaries({k: field(k) for k in required},
+                                             optional={k: field(k) for k in props if k not in required}))
+    if schema.get("type") == "array" and "items" in schema and depth < 4:
+        options.append(st.lists(shaped(schema["items"], depth + 1, known), min_size=1, max_size=3))
+    options += [shaped(sub, depth + 1, known) for sub in schema.get("anyOf", [])]
+    leaf = _leaf(schema)
+    if leaf is not None:
+        options.append(leaf)
+    if depth == 0:
+        return st.one_of(*options) if options else WILD_JSON
+    return st.one_of(*(options * 4), WILD_JSON) if options else WILD_JSON
+
+
+def _fuzz_json_operation(session: requests.Session, url: str, label: str, schema: dict, headers: dict,
+                         known: Optional[dict], report: FuzzReport, deadline: float) -> None:
+    @settings(max_examples=examples_per_operation() * 3, deadline=None, database=None,
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(body=shaped(schema, known=known))
+    def run(body):
+        if time.monotonic() > deadline:
+            return
+        data = json.dumps(body, ensure_ascii=True).encode()  # lone surrogates become \\udXXX escapes
+        response = session.post(url, data=data, headers=headers, timeout=30)
+        report.requests += 1
+        report.by_status[response.status_code] = report.by_status.get(response.status_code, 0) + 1
+        problem = error_shape_problem(response)
+        if problem:
+            report.failures.append(f"POST {label} {data[:300]!r} -> {response.status_code}: {problem}")
+
+    run()
+
+
+def fuzz_json_fields(base_url: str, spec: dict, path_values: dict, token: Optional[str] = None,
+                     known: Optional[dict] = None, seconds: Optional[float] = None) -> FuzzReport:
+    """POST bodies shaped like each operation's JSON schema, with hostile leaves (lone surrogates, 10**400,
+    NaN, wrong types); every answer must be a success or a 4xx JSON error."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    report = FuzzReport()
+    ops = [(path, op) for path, item in spec["paths"].items() for method, op in item.items()
+           if method == "post" and "application/json" in op.get("requestBody", {}).get("content", {})]
+    budget = seconds if seconds is not None else seconds_per_surface()
+    start = time.monotonic()
+    with requests.Session() as session:
+        for i, (path, op) in enumerate(ops):
+            deadline = time.monotonic() + max((budget - (time.monotonic() - start)) / (len(ops) - i), 0.5)
+            schema = op["requestBody"]["content"]["application/json"]["schema"]
+            _fuzz_json_operation(session, base_url + path.format(**path_values), path, schema, headers, known,
+                                 report, deadline)
     return report

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import requests
+from hypothesis import strategies as st
 
 from rkllama_bridge.openapi import build_spec
 
-from .fuzzing import fuzz_server
+from .fuzzing import fuzz_json_fields, fuzz_server
 
 TOKEN = "fuzz-token"
 FAST_SIM = ("--sim-decode-tok-s", "5000", "--sim-prefill-ms-per-token", "0", "--sim-load-s", "0")
 
 
-def test_generated_requests_get_no_500_and_match_the_document(start_bridge):
-    bridge = start_bridge(*FAST_SIM, token=TOKEN)
+def test_generated_requests_get_no_500_and_match_the_document(start_bridge, image_env):
+    bridge = start_bridge(*FAST_SIM, token=TOKEN, env=image_env)  # with its image routes under /image
     report = fuzz_server(bridge.url, TOKEN)
     print(f"bridge fuzz: {report.summary()}")
     assert report.requests > 0
@@ -21,9 +24,9 @@ def test_generated_requests_get_no_500_and_match_the_document(start_bridge):
     assert bridge.get_json("/health")[0] == 200, "the bridge stopped serving"
 
 
-def test_every_route_but_health_needs_the_token(start_bridge):
-    bridge = start_bridge(*FAST_SIM, token=TOKEN)
-    for path, ops in build_spec()["paths"].items():
+def test_every_route_but_health_needs_the_token(start_bridge, image_env):
+    bridge = start_bridge(*FAST_SIM, token=TOKEN, env=image_env)
+    for path, ops in build_spec(images=True)["paths"].items():
         url = bridge.url + path.replace("{name}", "qwen-sim").replace("{fname}", "tokenizer.json")
         for method in ops:
             for auth in ({}, {"Authorization": "Bearer wrong"}):
@@ -33,3 +36,30 @@ def test_every_route_but_health_needs_the_token(start_bridge):
                 else:
                     assert r.status_code == 401, (method, path, r.status_code)
                     assert r.json()["error"]["code"] == "unauthorized"
+
+
+def test_hostile_json_fields_get_4xx_json_errors(start_bridge, image_env):
+    bridge = start_bridge(*FAST_SIM, token=TOKEN, env=image_env)
+    known = {k: st.sampled_from(["qwen-sim", "phi-sim"]) for k in ("model", "model_name")}
+    known.update(role=st.sampled_from(["system", "user", "assistant"]), type=st.sampled_from(["text", "image"]))
+    known.update(size=st.sampled_from(["64x64", "0x0", "²x64"]), mode=st.sampled_from(["tiny", "nope"]),
+                 num_inference_steps=st.integers(1, 3), steps=st.integers(1, 3))
+    report = fuzz_json_fields(bridge.url, build_spec(images=True), {"name": "qwen-sim"}, TOKEN, known)
+    print(f"bridge JSON fuzz: {report.summary()}")
+    assert report.requests > 0
+    assert not report.failures, "\n".join(report.failures[:20])
+
+
+def test_inputs_that_once_gave_500_get_400(start_bridge):
+    bridge = start_bridge(*FAST_SIM)
+    chat = [{"role": "user", "content": [{"type": "text", "text": 5}]}]
+    for path, raw in [("/v1/tokenize", b'{"text": "\\ud800"}'),
+                      ("/api/chat", b'{"messages": [{"role": "user", "content": "a\\udfff"}]}'),
+                      ("/v1/chat/completions", json.dumps({"messages": chat}).encode()),
+                      ("/v1/generate", b'{"model": "qwen-sim", "prompt_token_ids": [1], "max_new_tokens": 1'
+                       + b"0" * 400 + b"}")]:
+        status, body = bridge.post_json(path, raw)
+        assert status == 400, (path, status, body)
+        assert body["error"]["code"] in ("invalid_json", "invalid_messages", "invalid_parameter")
+    status, body = bridge.post_json("/v1/tokenize", {"model": "qwen-sim", "text": "🙂"})  # a real pair is fine
+    assert status == 200 and body["count"] > 0

@@ -11,7 +11,8 @@ import schemathesis
 from exo_rk import openapi as gateway_openapi
 from exo_rk.gateway import create_app as create_gateway
 from image_engine import openapi as image_openapi
-from image_engine.app import close_app, create_app as create_image_app
+from image_engine.app import close_app, mount_image_routes
+from image_engine.app import create_app as create_image_app
 from image_engine.config import EngineConfig, SRConfig
 from rkllama_bridge import openapi as bridge_openapi
 from rkllama_bridge.app import create_app as create_bridge
@@ -36,6 +37,16 @@ def flask_routes(app) -> set:
 def test_bridge_routes_match_its_document():
     app = create_bridge(None)  # the service is only looked up per request
     assert flask_routes(app) == spec_routes(bridge_openapi.build_spec())
+
+
+def test_bridge_with_image_routes_mounted_matches_its_document(monkeypatch, tmp_path):
+    monkeypatch.setenv("OUTPUTS_DIR", str(tmp_path))
+    app = create_bridge(None)
+    mount_image_routes(app, EngineConfig(sr=SRConfig(num_workers=1)))
+    try:
+        assert flask_routes(app) == spec_routes(bridge_openapi.build_spec(images=True))
+    finally:
+        close_app(app)
 
 
 def test_image_service_routes_match_its_document(monkeypatch, tmp_path):
