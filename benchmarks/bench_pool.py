@@ -53,7 +53,8 @@ class Bridges:
     def __init__(self, store: Path, tmp: Path, n: int, preload: Sequence[str]):
         p = PROFILES[PROFILE]
         self.argv = [sys.executable, "-m", "rkllama_bridge", "serve", "--models", str(store),
-                     "--runtime", "sim", "--sim-profile", PROFILE, "--sim-decode-tok-s", str(p.decode_tok_s * SPEEDUP),
+                     "--runtime", "sim", "--sim-profile", PROFILE,
+                     "--sim-decode-tok-s", str(p.decode_tok_s * SPEEDUP),
                      "--sim-prefill-ms-per-token", str(p.prefill_ms_per_token / SPEEDUP),
                      "--sim-load-s", str(p.load_s / SPEEDUP), "--queue-max", "64", "--log-level", "WARNING",
                      *itertools.chain.from_iterable(("--preload", m) for m in preload)]
@@ -200,10 +201,10 @@ def run() -> str:
         f"all timings divided by {SPEEDUP:g}; one instance per bridge (one NPU).",
         f"Closed loop: {CLIENTS_PER_BRIDGE} clients per bridge, {REQUESTS_PER_CLIENT} requests each,",
         f"{PROMPT_TOKENS} prompt tokens, {NEW_TOKENS} new tokens. Scaling efficiency = tok/s with N bridges",
-        "/ (N × tok/s with 1 bridge through the pool). Two-model runs: 4 bridges, nothing preloaded, half the",
-        "clients on each model; a load beyond the first per model is a swap on a board that holds one model",
-        "at a time. Caveat: the sim runs two loaded models of one bridge in parallel at full speed each, which",
-        "a board's single NPU cannot; with 2 clients per bridge round-robin profits from that, so compare its",
-        "tok/s there with care."])
+        "/ (N × tok/s with 1 bridge through the pool). Two-model runs: 4 bridges, nothing preloaded,",
+        "half the clients on each model; a load beyond the first per model is a swap on a board that",
+        "holds one model at a time. Caveat: the sim runs two loaded models of one bridge in parallel at",
+        "full speed each, which a board's single NPU cannot; with 2 clients per bridge round-robin profits",
+        "from that, so compare its tok/s there with care."])
     title = "### Bridge pool: scaling over boards, and model affinity vs round-robin"
     return f"{title}\n\n{scaling}\n\n{two}\n\n{notes}\n"

@@ -27,6 +27,9 @@ from exo_rk.engine import STATE_MESSAGES, STATE_PARAMS, RKLLMInferenceEngine
 from exo_rk.gateway_images import handle_image_generations
 from exo_rk.openapi import OPEN_ROUTES, handle_openapi
 from exo_rk.tokenizer_store import encode_prompt
+from rkllama_bridge.errors import BadRequest
+from rkllama_bridge.reply_shaping import REASONING, ReplyStream, chat_inputs, prompt_opens_think, shape_reply
+from rkllama_bridge.tool_calls import validate_tools
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +60,11 @@ def _bridge_error_response(exc: errors.BridgeError) -> web.Response:
 class Completion:
     """One chat completion: started (first token in hand) by ``start``, then iterated for text deltas."""
 
-    def __init__(self, engine: RKLLMInferenceEngine, req: ChatRequest):
+    def __init__(self, engine: RKLLMInferenceEngine, req: ChatRequest, tools: Optional[list] = None):
         self.engine = engine
         self.req = req
+        self.tools = tools or []
+        self.opened = False  # the prompt leaves the model inside a <think> block
         self.request_id = uuid.uuid4().hex
         self.created = int(time.time())
         self.shard = full_shard(req.model, engine.card_for(req.model).layers)
@@ -75,7 +80,9 @@ class Completion:
         engine, req = self.engine, self.req
         await engine.ensure_shard(self.shard)
         tokenizer = engine.tokenizer
-        prompt = tokenizer.apply_chat_template(list(req.messages), tokenize=False, add_generation_prompt=True)
+        messages, extra = chat_inputs(req.messages, self.tools, getattr(tokenizer, "chat_template", None))
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+        self.opened = prompt_opens_think(prompt[-64:])
         self.prompt_tokens = len(encode_prompt(tokenizer, prompt))
         params = {
             k: v
@@ -87,7 +94,7 @@ class Completion:
             )
             if v is not None
         }
-        state = {STATE_PARAMS: params, STATE_MESSAGES: list(req.messages)}
+        state = {STATE_PARAMS: params, STATE_MESSAGES: messages}
         self._result, self._state = await engine.infer_prompt(self.request_id, self.shard, prompt, state)
         self.text = TextStream(tokenizer, req.stop)
 
@@ -155,14 +162,25 @@ async def handle_chat(request: web.Request) -> web.StreamResponse:
     if req.model not in engine.cards:
         await _discover(engine)
     try:
-        completion = Completion(engine, req)
+        tools = validate_tools(body.get("tools"), body.get("tool_choice"))
+    except BadRequest as exc:
+        return error_response(400, exc.code, exc.message)
+    try:
+        completion = Completion(engine, req, tools)
         await completion.start()
     except errors.UnknownModel as exc:
         return error_response(404, "model_not_found", str(exc))
     except errors.BridgeError as exc:
         return _bridge_error_response(exc)
     if not req.stream:
-        text = "".join([delta async for delta in completion.deltas()])
+        reply = shape_reply("".join([delta async for delta in completion.deltas()]), completion.opened,
+                            bool(completion.tools))
+        message: Dict[str, Any] = {"role": "assistant",
+                                   "content": reply.content if reply.content or not reply.tool_calls else None}
+        if reply.reasoning:
+            message["reasoning_content"] = reply.reasoning
+        if reply.tool_calls:
+            message["tool_calls"] = reply.tool_calls
         return web.json_response(
             {
                 "id": f"chatcmpl-{completion.request_id}",
@@ -173,9 +191,9 @@ async def handle_chat(request: web.Request) -> web.StreamResponse:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": text},
+                        "message": message,
                         "logprobs": None,
-                        "finish_reason": completion.finish_reason,
+                        "finish_reason": "tool_calls" if reply.tool_calls else completion.finish_reason,
                     }
                 ],
                 "usage": completion.usage(),
@@ -184,15 +202,27 @@ async def handle_chat(request: web.Request) -> web.StreamResponse:
     return await _stream(request, completion)
 
 
+def _part_chunk(completion: Completion, part: tuple) -> bytes:
+    kind, text = part
+    return completion.chunk({"reasoning_content": text} if kind == REASONING else {"content": text})
+
+
 async def _stream(request: web.Request, completion: Completion) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     deltas = completion.deltas()
     try:
+        shaper = ReplyStream(completion.opened, bool(completion.tools))
         await response.write(completion.chunk({"role": "assistant", "content": ""}))
         async for delta in deltas:
-            await response.write(completion.chunk({"content": delta}))
-        await response.write(completion.chunk({}, completion.finish_reason))
+            for part in shaper.push(delta):
+                await response.write(_part_chunk(completion, part))
+        parts, calls = shaper.finish()
+        for part in parts:
+            await response.write(_part_chunk(completion, part))
+        if calls:
+            await response.write(completion.chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}))
+        await response.write(completion.chunk({}, "tool_calls" if calls else completion.finish_reason))
         if completion.req.include_usage:
             usage = json.loads(completion.chunk({})[6:])
             usage.update(choices=[], usage=completion.usage())

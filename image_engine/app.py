@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from dataclasses import replace
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -89,14 +90,16 @@ def create_app(config: EngineConfig) -> Flask:
     return app
 
 
-def mount_image_routes(app: Flask, config: EngineConfig, prefix: str = "/image") -> None:
+def mount_image_routes(app: Flask, config: EngineConfig, prefix: str = "/image", npu_gate=None) -> None:
     """Mount the super-resolution and text-to-image routes into another Flask app (the bridge) under
     ``prefix`` (the bridge already answers rkllama's own ``POST /generate``). Their services are closed by
-    :func:`close_app`. The host app keeps its own auth and error handlers; image errors answer as here."""
+    :func:`close_app`. The host app keeps its own auth and error handlers; image errors answer as here.
+    ``npu_gate`` (a context-manager factory, the bridge's NPU arbiter) is entered around every model call:
+    each SR tile and each LCM component call takes its turn."""
     app.register_error_handler(ImageEngineError, error_response)
-    sr = SRService(config.sr)
+    sr = SRService(replace(config.sr, npu_gate=npu_gate))
     register_service(app, "sr", sr)
     app.register_blueprint(create_sr_blueprint(sr), url_prefix=prefix)
-    generate = GenerateService(GenConfig.from_env(), sr=sr)
+    generate = GenerateService(GenConfig.from_env(npu_gate=npu_gate), sr=sr)
     register_service(app, "generate", generate)
     app.register_blueprint(create_generate_blueprint(generate), url_prefix=prefix)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, ContextManager, Mapping, Optional
 
 DEFAULT_SR_MODEL = Path(__file__).resolve().parent / "models" / "espcn_x3.onnx"
 DEFAULT_PORT = 4200
@@ -69,6 +69,7 @@ class SRConfig:
     request_timeout: float = 120.0
     backend: str = "auto"
     threads: int = 0
+    npu_gate: Optional[Callable[[], ContextManager]] = field(default=None, compare=False)  # set by the bridge
     tile_margin: int = 6
     tile_blend: int = 6
     max_upload_bytes: int = 50 * 1024 * 1024
@@ -107,6 +108,8 @@ class SRConfig:
         env = os.environ if env is None else env
         values = {}
         for f in fields(cls):
+            if f.name == "npu_gate":
+                continue  # code-only: the bridge's arbiter
             var = f"SR_{f.name.upper()}"
             if var in env and env[var] != "":
                 kind = {"model_path": Path}.get(f.name, type(f.default))

@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ContextManager
 
 import numpy as np
 
@@ -61,6 +62,7 @@ class GenConfig:
     backend: str = "auto"
     outputs_dir: Path = Path("outputs")
     watch_interval: float = 1.0
+    npu_gate: Callable[[], ContextManager] | None = field(default=None, compare=False)  # set by the bridge
 
     @property
     def defaults(self) -> ModeDefaults:
@@ -129,12 +131,20 @@ class GenResult:
 class LCMWorker:
     """One worker thread's pipeline; it reloads only when a job asks for a different model."""
 
-    def __init__(self, index: int, backend: str):
+    def __init__(self, index: int, backend: str, npu_gate: Callable[[], ContextManager] | None = None):
         self.index = index
         self.backend = backend
+        self.npu_gate = npu_gate
         self.pipeline: LCMPipeline | None = None
         self.key: tuple | None = None
         self.mode_name = ""
+
+    def _loader(self):
+        if self.npu_gate is None:
+            return None  # the pipeline's default loader
+        from .runtimes import load_runtime
+
+        return lambda path, be, core: load_runtime(path, be, core_index=core, gate=self.npu_gate)
 
     def pipeline_for(self, mode: Mode) -> LCMPipeline:
         backend = mode.backend if mode.backend != "auto" else self.backend
@@ -142,7 +152,8 @@ class LCMWorker:
         if self.pipeline is None or key != self.key:
             self.close()
             try:
-                self.pipeline = LCMPipeline.load(mode.model, backend, self.index, fixed_size=mode.size)
+                self.pipeline = LCMPipeline.load(mode.model, backend, self.index, fixed_size=mode.size,
+                                                 loader=self._loader())
             except (FileNotFoundError, ValueError) as exc:
                 raise RuntimeFailure(f"cannot load mode {mode.name!r}: {exc}") from exc
             self.key = key
@@ -197,7 +208,7 @@ class GenerateService:
         self._install_sighup()
 
     def _make_worker(self, index: int) -> LCMWorker:
-        worker = LCMWorker(index, self.config.backend)
+        worker = LCMWorker(index, self.config.backend, self.config.npu_gate)
         worker.pipeline_for(self.modes.mode())
         with self._lock:
             self._workers.append(worker)

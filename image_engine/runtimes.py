@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, ContextManager, Optional, Union
 
 import numpy as np
 
@@ -167,11 +167,35 @@ def _rknn_lite_class() -> Any:
     return RKNNLite
 
 
+class GatedRuntime(ModelRuntime):
+    """A runtime whose every call first takes its turn on the NPU: ``gate()`` is a context manager (the
+    bridge's arbiter), so image work and LLM generation never use the NPU at the same moment."""
+
+    def __init__(self, inner: ModelRuntime, gate: Callable[[], ContextManager]):
+        self.inner = inner
+        self.gate = gate
+        self.input_names, self.output_names = inner.input_names, inner.output_names
+        self.path, self.backend = inner.path, inner.backend
+        self.core_mask = getattr(inner, "core_mask", None)
+
+    def run(self, feeds: dict) -> list:
+        with self.gate():
+            return self.inner.run(feeds)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, name: str):  # backend specifics (e.g. input types) stay reachable
+        return getattr(self.inner, name)
+
+
 def load_runtime(path: Union[str, Path], backend: str = "auto", *, core_index: Optional[int] = 0,
-                 threads: Optional[int] = None, rknn_lite_cls: Any = None) -> ModelRuntime:
+                 threads: Optional[int] = None, rknn_lite_cls: Any = None,
+                 gate: Optional[Callable[[], ContextManager]] = None) -> ModelRuntime:
     """Load ``path`` on ``backend`` ("auto": RKNNLite for ``.rknn``, onnxruntime otherwise).
 
     ``core_index`` picks the NPU core (i % 3, None for AUTO); ``threads`` the onnxruntime thread count.
+    ``gate`` (a context-manager factory) is entered around every call: the bridge's NPU arbiter.
     ``rknn_lite_cls`` replaces RKNNLite (tests pass :class:`~image_engine.fake_rknn.FakeRKNNLite`; the
     environment variable ``IMAGE_ENGINE_FAKE_RKNN=1`` does the same for subprocesses).
     Raises :class:`RuntimeFailure` with the reason when the model cannot be loaded.
@@ -189,4 +213,4 @@ def load_runtime(path: Union[str, Path], backend: str = "auto", *, core_index: O
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS} or 'auto'")
     log.info("loaded %s on %s%s", path.name, backend,
              f" (core mask {runtime.core_mask})" if isinstance(runtime, RknnRuntime) else "")
-    return runtime
+    return GatedRuntime(runtime, gate) if gate is not None else runtime

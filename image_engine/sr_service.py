@@ -42,7 +42,7 @@ class _Worker:
         self._on_tile = on_tile
         self._done, self._total, self._last_log = 0, 0, 0.0
         self.runtime: ModelRuntime = load_runtime(config.model_path, config.backend, core_index=index,
-                                                  threads=config.threads or None)
+                                                  threads=config.threads or None, gate=config.npu_gate)
         geometry = TileGeometry(config.input_size, config.scale, config.tile_margin, config.tile_blend)
         self.upscaler = Upscaler(self.runtime, geometry, self._tile_done)
         try:  # fail at start-up, not at the first request, if the model does not fit the tile settings

@@ -61,7 +61,7 @@ def serve(config: BridgeConfig) -> int:
         log.warning("binding %s without a token: anyone on the network can use this bridge", config.host)
     app = create_app(service, token=config.token, max_body_bytes=config.max_body_bytes)
     if config.images:
-        mount_images(app)
+        mount_images(app, service)
     server = create_server(app, host=config.host, port=config.port, threads=config.wsgi_threads,
                            channel_request_lookahead=1,
                            # waitress's own limit only guards against absurd bodies (it answers in plain
@@ -98,12 +98,13 @@ def serve(config: BridgeConfig) -> int:
     return 0
 
 
-def mount_images(app) -> None:
-    """The image engine's routes in this process, so one bridge owns the NPU for LLM and images alike."""
+def mount_images(app, service: BridgeService) -> None:
+    """The image engine's routes in this process, so one bridge owns the NPU for LLM and images alike:
+    every image model call takes its turn from the same arbiter as LLM tokens."""
     from image_engine.app import mount_image_routes
     from image_engine.config import EngineConfig
 
-    mount_image_routes(app, EngineConfig.from_env())
+    mount_image_routes(app, EngineConfig.from_env(), npu_gate=lambda: service.arbiter.turn("image"))
 
 
 def main_serve(config: BridgeConfig) -> int:

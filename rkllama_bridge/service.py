@@ -1,5 +1,11 @@
 """The bridge's core, independent of HTTP: which models are loaded, and running one generation as a
-stream of token events with queueing, abort on disconnect and timings. Routes only translate shapes."""
+stream of token events with queueing, abort on disconnect and timings. Routes only translate shapes.
+
+Lifecycle: a model loads on first use; after its last request it stays loaded for its ``keep_alive``
+(Ollama semantics, see ``lifecycle``) and is then unloaded by a reaper thread; a load that would go
+over ``max_memory_mb`` first unloads the least recently used idle models (never one that serves);
+the set of loaded models is kept in a state file and loaded again by ``restore()`` after a restart.
+Each handle keeps its KV cache between requests (``prefix_reuse``): see ``runtimes.base``."""
 
 from __future__ import annotations
 
@@ -10,13 +16,23 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .errors import BadRequest, BridgeError, ContextOverflow, ModelNotFound, ModelUnavailable
+from .arbiter import NpuArbiter
+from .context import check_truncate, reply_room, truncate_left
+from .errors import BadRequest, BridgeError, ContextOverflow, ModelUnavailable
+from .lifecycle import DEFAULT_KEEP_ALIVE_S, StateFile, describe_keep_alive, parse_keep_alive, weights_size_mb
 from .metrics import BridgeMetrics
 from .params import generation_params
-from .runtimes.base import (GenerationFailed, GenerationParams, GenerationResult, ModelHandle, ModelLoadError,
-                            ModelSpec, Runtime)
+from .runtimes.base import (
+    GenerationFailed,
+    GenerationParams,
+    GenerationResult,
+    ModelHandle,
+    ModelLoadError,
+    ModelSpec,
+    Runtime,
+)
 from .scheduler import HandleQueue
 from .store import ModelStore, StoredModel
 from .tokenizer import IncrementalDetokenizer
@@ -49,6 +65,16 @@ class LoadedModel:
     queue: HandleQueue
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
+    keep_alive_s: Optional[float] = DEFAULT_KEEP_ALIVE_S  # None: forever
+    serving: int = 0  # requests holding or waiting for a handle
+
+    @property
+    def expires_at(self) -> Optional[float]:
+        """When the reaper unloads this model if nothing else comes (wall clock), None = never. While it
+        serves, counted from now, as Ollama shows it."""
+        if self.keep_alive_s is None:
+            return None
+        return (time.time() if self.serving else self.last_used) + self.keep_alive_s
 
     @property
     def name(self) -> str:
@@ -65,6 +91,14 @@ class ServiceOptions:
     instances: int = 1
     record_prompts: Optional[Path] = None
     default_model: Optional[str] = None
+    prefix_reuse: bool = True  # keep each handle's KV cache across turns
+    keep_alive_s: Optional[float] = DEFAULT_KEEP_ALIVE_S  # default keep_alive; None = forever
+    max_memory_mb: Optional[float] = None  # evict idle models to stay under this; None = no limit
+    state_file: Optional[Path] = None  # where the set of loaded models is kept for restore()
+    npu_concurrent: bool = False  # let LLM and image work use the NPU at the same time (see arbiter)
+
+
+REAPER_MAX_SLEEP_S = 0.5
 
 
 class BridgeService:
@@ -78,8 +112,16 @@ class BridgeService:
         self._loaded: Dict[str, LoadedModel] = {}
         self._lock = threading.RLock()
         self._load_locks: Dict[str, threading.Lock] = {}
+        self._memory_lock = threading.Lock()  # one memory check + load at a time
         self._record_lock = threading.Lock()
         self._current: Optional[str] = None
+        self._state = StateFile(options.state_file) if options.state_file else None
+        self._closing = False
+        self._reaper_wake = threading.Event()
+        self._reaper: Optional[threading.Thread] = None
+        #: the process's NPU arbiter: image routes take ``arbiter.turn("image")`` per step
+        self.arbiter = NpuArbiter(concurrent=options.npu_concurrent)
+        self.arbiter.register_metrics(self.metrics.registry)
 
     # -- model lifecycle ------------------------------------------------------------------------------
 
@@ -89,8 +131,18 @@ class BridgeService:
                          num_ctx=stored.num_ctx, eos_token_ids=tuple(stored.tokenizer.eos_token_ids),
                          vocab_size=stored.tokenizer.vocab_size, options=dict(stored.modelfile.raw))
 
-    def load(self, name: str) -> LoadedModel:
-        """Load ``name`` if it is not loaded yet (concurrent callers wait for the same load)."""
+    def load(self, name: str, keep_alive_s: Union[Optional[float], str] = "default",
+             instances: Optional[int] = None) -> LoadedModel:
+        """Load ``name`` if it is not loaded yet (concurrent callers wait for the same load). A given
+        ``keep_alive_s`` (seconds, None = forever) replaces the model's, as an Ollama request does."""
+        entry = self._load(name, instances)
+        if keep_alive_s != "default" and keep_alive_s != entry.keep_alive_s:
+            entry.keep_alive_s = keep_alive_s
+            self._save_state()
+            self._reaper_wake.set()
+        return entry
+
+    def _load(self, name: str, instances: Optional[int]) -> LoadedModel:
         with self._lock:
             entry = self._loaded.get(name)
             if entry:
@@ -103,23 +155,60 @@ class BridgeService:
                     return self._loaded[name]
             stored = self.store.get(name)
             spec = self.model_spec(stored)
-            instances = int(stored.modelfile.get("INSTANCES", self.options.instances))
-            started = time.monotonic()
-            handles: List[ModelHandle] = []
-            try:
-                for _ in range(instances):
-                    handles.append(self.runtime.load(spec))
-            except ModelLoadError as exc:
-                for h in handles:
-                    h.close()
-                raise ModelUnavailable(str(exc), code="model_load_failed") from None
-            entry = LoadedModel(stored=stored, queue=HandleQueue(handles, self.options.queue_max))
-            log.info("loaded %s (%d instance%s) on %s in %.2f s", name, instances, "s" * (instances > 1),
-                     self.runtime.name, time.monotonic() - started)
+            count = instances or int(stored.modelfile.get("INSTANCES", self.options.instances))
+            with self._memory_lock:
+                self._make_room(name, count * self.estimate_mb(spec))
+                entry = self._create(stored, spec, count)
             with self._lock:
                 self._loaded[name] = entry
                 self._current = name
-            return entry
+        self._save_state()
+        self._start_reaper()
+        return entry
+
+    def _create(self, stored: StoredModel, spec: ModelSpec, count: int) -> LoadedModel:
+        started = time.monotonic()
+        handles: List[ModelHandle] = []
+        try:
+            for _ in range(count):
+                handles.append(self.runtime.load(spec))
+        except ModelLoadError as exc:
+            for h in handles:
+                h.close()
+            raise ModelUnavailable(str(exc), code="model_load_failed") from None
+        log.info("loaded %s (%d instance%s) on %s in %.2f s", stored.name, count, "s" * (count > 1),
+                 self.runtime.name, time.monotonic() - started)
+        return LoadedModel(stored=stored, queue=HandleQueue(handles, self.options.queue_max),
+                           keep_alive_s=self.options.keep_alive_s)
+
+    def estimate_mb(self, spec: ModelSpec) -> float:
+        """Memory one instance of ``spec`` will take, known before loading it."""
+        estimate = getattr(self.runtime, "estimate_mb", None)
+        return float(estimate(spec)) if callable(estimate) else weights_size_mb(spec.weights)
+
+    def _make_room(self, name: str, need_mb: float) -> None:
+        """Unload least recently used idle models until ``need_mb`` more fits under max_memory_mb."""
+        limit = self.options.max_memory_mb
+        if limit is None:
+            return
+        if need_mb > limit:
+            raise ModelUnavailable(f"model {name} needs about {need_mb:.0f} MB, more than --max-memory-mb "
+                                   f"{limit:.0f}", code="insufficient_memory")
+        while True:
+            loaded = self.loaded()
+            used = sum(e.memory_mb for e in loaded)
+            if used + need_mb <= limit:
+                return
+            idle = sorted((e for e in loaded if not e.serving), key=lambda e: e.last_used)
+            if not idle:
+                raise ModelUnavailable(
+                    f"loading {name} (about {need_mb:.0f} MB) would exceed --max-memory-mb {limit:.0f} "
+                    f"({used:.0f} MB in use) and every loaded model is serving; retry later",
+                    code="insufficient_memory", headers={"Retry-After": "5"})
+            victim = idle[0]
+            log.info("unloading %s (idle since %.1f s, %.0f MB) to make room for %s", victim.name,
+                     time.time() - victim.last_used, victim.memory_mb, name)
+            self.unload(victim.name)
 
     def unload(self, name: str, timeout: float = 60.0) -> bool:
         with self._lock:
@@ -137,15 +226,93 @@ class BridgeService:
         for h in entry.queue.handles:
             h.close()
         log.info("unloaded %s", name)
+        self._save_state()
         return True
 
     def close(self) -> None:
+        self._closing = True  # the state file keeps what was loaded, for the next start
+        self._reaper_wake.set()
         for name in list(self._loaded):
             self.unload(name, timeout=5.0)
 
     def loaded(self) -> List[LoadedModel]:
         with self._lock:
             return list(self._loaded.values())
+
+    def lifecycle(self) -> List[dict]:
+        """Per loaded model: keep_alive and when it expires (for /health and /api/ps)."""
+        out = []
+        for e in self.loaded():
+            expires = e.expires_at
+            out.append({"name": e.name, "keep_alive": describe_keep_alive(e.keep_alive_s),
+                        "expires_at": None if expires is None else round(expires, 3), "serving": e.serving,
+                        "memory_mb": round(e.memory_mb, 1), "last_used": e.last_used})
+        return out
+
+    # -- keep_alive, state file, restore --------------------------------------------------------------
+
+    def _save_state(self) -> None:
+        if self._state is None or self._closing:
+            return
+        self._state.write([{"name": e.name, "instances": len(e.queue.handles), "keep_alive_s": e.keep_alive_s}
+                           for e in self.loaded()])
+
+    def restore(self, background: bool = True) -> List[str]:
+        """Load again the models the state file lists (in a thread by default). Returns their names."""
+        if self._state is None:
+            return []
+        wanted = self._state.read()
+        names = [m["name"] for m in wanted]
+        if names:
+            log.info("restoring %d model(s) loaded before the restart: %s", len(names), ", ".join(names))
+
+        def run():
+            for item in wanted:
+                try:
+                    keep = item.get("keep_alive_s", DEFAULT_KEEP_ALIVE_S)
+                    self.load(item["name"], keep if isinstance(keep, (int, float)) or keep is None else "default",
+                              instances=item.get("instances") if isinstance(item.get("instances"), int) else None)
+                except BridgeError as exc:
+                    log.warning("could not restore %s: %s", item["name"], exc.message)
+        if background:
+            threading.Thread(target=run, name="restore-models", daemon=True).start()
+        else:
+            run()
+        return names
+
+    def _start_reaper(self) -> None:
+        with self._lock:
+            if self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap_forever, name="keep-alive-reaper", daemon=True)
+                self._reaper.start()
+
+    def _reap_forever(self) -> None:
+        while not self._closing:
+            self._reaper_wake.wait(self.reap_once())
+            self._reaper_wake.clear()
+
+    def reap_once(self) -> float:
+        """Unload the idle models whose keep_alive ran out; returns how long to sleep until the next."""
+        now, sleep = time.time(), REAPER_MAX_SLEEP_S
+        for entry in self.loaded():
+            expires = entry.expires_at
+            if entry.serving or expires is None:
+                continue
+            if expires <= now:
+                log.info("unloading %s: idle for its keep_alive of %s", entry.name,
+                         describe_keep_alive(entry.keep_alive_s))
+                self.unload(entry.name)
+            else:
+                sleep = min(sleep, expires - now)
+        return max(0.01, sleep)
+
+    def _serving(self, entry: LoadedModel, delta: int) -> None:
+        with self._lock:
+            entry.serving += delta
+            if delta < 0:
+                entry.last_used = time.time()
+        if delta < 0:
+            self._reaper_wake.set()
 
     @property
     def current_model(self) -> Optional[str]:
@@ -177,6 +344,20 @@ class BridgeService:
         except ValueError as exc:
             raise BadRequest(str(exc), code="invalid_messages") from None
 
+    def fitted_prompt_ids(self, stored: StoredModel, messages: Sequence[dict], fields: dict,
+                          truncate: Optional[str] = None, **template_extra) -> Tuple[List[int], int]:
+        """The conversation's ids and how many messages were dropped to fit, under ``truncate``:
+        see ``context.TRUNCATE_POLICIES``. Without a policy nothing is dropped (an overflow is a 400)."""
+        policy = check_truncate(truncate)
+
+        def encode(msgs):
+            return self.chat_prompt_ids(stored, msgs, **template_extra)
+
+        if policy == "none":
+            return encode(messages), 0
+        budget = stored.num_ctx - reply_room(fields, stored)
+        return truncate_left(list(messages), encode, budget)
+
     def params_for(self, stored: StoredModel, fields: dict, prompt_len: int) -> GenerationParams:
         """Validated parameters. An explicit max_new_tokens that does not fit the context is a 400; the
         Modelfile's default is shortened to what fits instead."""
@@ -187,7 +368,7 @@ class BridgeService:
             raise ContextOverflow(
                 f"prompt of {prompt_len} tokens + max_new_tokens {params.max_new_tokens} = "
                 f"{prompt_len + params.max_new_tokens} exceeds the context of {stored.num_ctx} tokens (NUM_CTX) "
-                f"of model {stored.name}")
+                f"of model {stored.name}; shorten the conversation or send \"truncate\": \"left\"")
         if params.max_new_tokens > room:
             params = GenerationParams(**{**params.__dict__, "max_new_tokens": room})
         return params
@@ -201,30 +382,68 @@ class BridgeService:
 
     # -- generation -----------------------------------------------------------------------------------
 
+    def start_chat(self, model: Optional[str], messages: Sequence[dict], fields: dict,
+                   client_gone: ClientGoneCheck = lambda: False, *, truncate: Optional[str] = None,
+                   keep_alive: object = None, **template_extra) -> Tuple["Generation", StoredModel]:
+        """Template ``messages`` for ``model`` (dropping old turns if ``truncate`` asks), validate the
+        parameters and start generating. ``keep_alive`` is the request's raw field (None = absent)."""
+        keep = self.keep_alive_field(keep_alive)
+        name = self.resolve_model(model)
+        stored = self.load(name, keep).stored
+        prompt_ids, dropped = self.fitted_prompt_ids(stored, messages, fields, truncate, **template_extra)
+        params = self.params_for(stored, fields, len(prompt_ids))
+        generation = self.start(name, prompt_ids, params, client_gone, keep_alive=keep)
+        generation.dropped_messages = dropped
+        return generation, stored
+
+    def keep_alive_field(self, value: object) -> Union[Optional[float], str]:
+        """A request's ``keep_alive`` as ``load``/``start`` take it ("default" when absent)."""
+        return "default" if value is None else parse_keep_alive(value)
+
     def start(self, name: str, prompt_ids: Sequence[int], params: GenerationParams,
-              client_gone: ClientGoneCheck = lambda: False) -> "Generation":
+              client_gone: ClientGoneCheck = lambda: False,
+              keep_alive: Union[Optional[float], str] = "default") -> "Generation":
         """Queue for a handle of ``name`` and start generating. Blocks while queued; raises QueueFull
         (429) when the queue is full and ClientGone when the client leaves while queued."""
         if not prompt_ids:
             raise BadRequest("the prompt is empty", code="empty_prompt")
-        entry = self.load(name)
-        stored = entry.stored
-        bad = [i for i in prompt_ids if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < stored.tokenizer.vocab_size]
-        if bad:
-            raise BadRequest(f"prompt_token_ids contains {len(bad)} id(s) outside the vocabulary of {name} "
-                             f"(0..{stored.tokenizer.vocab_size - 1}), e.g. {bad[0]!r}", code="invalid_token_ids")
-        if len(prompt_ids) + params.max_new_tokens > stored.num_ctx:
-            raise ContextOverflow(f"prompt of {len(prompt_ids)} tokens + max_new_tokens {params.max_new_tokens} "
-                                  f"exceeds the context of {stored.num_ctx} tokens of model {name}")
-        received = time.monotonic()
-        self.metrics.queued(name, +1)
-        try:
-            handle = entry.queue.acquire(client_gone)
-        finally:
-            self.metrics.queued(name, -1)
+        for _ in range(3):  # the model may be unloaded (keep_alive, eviction) between load and acquire
+            entry = self.load(name, keep_alive)
+            self._check_prompt(entry.stored, prompt_ids, params)
+            received = time.monotonic()
+            self._serving(entry, +1)
+            try:
+                handle = self._acquire(entry, client_gone, prompt_ids)
+            except BaseException:
+                self._serving(entry, -1)
+                raise
+            if not entry.queue.retired:
+                break
+            entry.queue.release(handle)
+            self._serving(entry, -1)
+        else:
+            raise ModelUnavailable(f"model {name} was unloaded while this request waited; retry",
+                                   headers={"Retry-After": "1"})
         entry.last_used = time.time()
         self._record(name, prompt_ids)
         return Generation(self, entry, handle, list(prompt_ids), params, client_gone, received)
+
+    def _check_prompt(self, stored: StoredModel, prompt_ids: Sequence[int], params: GenerationParams) -> None:
+        vocab = stored.tokenizer.vocab_size
+        bad = [i for i in prompt_ids if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < vocab]
+        if bad:
+            raise BadRequest(f"prompt_token_ids contains {len(bad)} id(s) outside the vocabulary of {stored.name} "
+                             f"(0..{vocab - 1}), e.g. {bad[0]!r}", code="invalid_token_ids")
+        if len(prompt_ids) + params.max_new_tokens > stored.num_ctx:
+            raise ContextOverflow(f"prompt of {len(prompt_ids)} tokens + max_new_tokens {params.max_new_tokens} "
+                                  f"exceeds the context of {stored.num_ctx} tokens of model {stored.name}")
+
+    def _acquire(self, entry: LoadedModel, client_gone: ClientGoneCheck, prompt_ids: Sequence[int]) -> ModelHandle:
+        self.metrics.queued(entry.name, +1)
+        try:
+            return entry.queue.acquire(client_gone, prompt_ids=prompt_ids if self.options.prefix_reuse else ())
+        finally:
+            self.metrics.queued(entry.name, -1)
 
 
 class Generation:
@@ -243,8 +462,10 @@ class Generation:
         self.received = received
         self.started = time.monotonic()
         self.completion_ids: List[int] = []
+        self.dropped_messages = 0  # messages left out by a truncation policy
         self._q: "queue.Queue" = queue.Queue()
         self._released = False
+        self._cancelled = False  # aborted by the bridge (client gone, stop string, close)
         self._finished = False  # the runtime reported its result
         self._release_lock = threading.Lock()
         self._worker = threading.Thread(target=self._work, name=f"gen-{entry.name}", daemon=True)
@@ -254,7 +475,16 @@ class Generation:
 
     def _work(self) -> None:
         try:
-            result = self.handle.generate(self.prompt_ids, self.params, self._q.put)
+            with self.service.arbiter.session("llm") as npu:
+                if self._cancelled:  # given up while waiting for the NPU: do not start
+                    self._q.put(GenerationResult("abort", len(self.prompt_ids), 0))
+                    return
+                self.handle.npu_yield = npu.yield_point
+                try:
+                    result = self.handle.generate(self.prompt_ids, self.params, self._q.put,
+                                                  reuse_prefix=self.service.options.prefix_reuse)
+                finally:
+                    self.handle.npu_yield = None
             self._q.put(result)
         except GenerationFailed as exc:
             self._q.put(exc)
@@ -278,6 +508,7 @@ class Generation:
                 except queue.Empty:
                     if self.client_gone():
                         log.info("client of a %s request went away: aborting", self.entry.name)
+                        self._cancelled = True
                         self.handle.abort()
                     continue
                 if isinstance(item, int):
@@ -307,6 +538,8 @@ class Generation:
                  "total_tokens": len(self.prompt_ids) + n}
         if detok.invalid_ids:
             usage["invalid_token_ids"] = detok.invalid_ids
+        if isinstance(item, GenerationResult) and item.cached_tokens:
+            usage["cached_tokens"] = item.cached_tokens
         timings = {
             "queue_ms": round((self.started - self.received) * 1000, 3),
             "prefill_ms": round(((first_at or time.monotonic()) - self.started) * 1000, 3),
@@ -322,11 +555,13 @@ class Generation:
                 return
             self._released = True
         if not self._finished:
+            self._cancelled = True
             self.handle.abort()
             self.service.metrics.aborted(self.entry.name)
         self._worker.join()
         self.service.metrics.active(self.entry.name, -1)
         self.entry.queue.release(self.handle)
+        self.service._serving(self.entry, -1)
 
     def close(self) -> None:
         self._events.close()  # runs _run's finally if it started

@@ -28,6 +28,7 @@ from ..runtimes.base import (
     ModelHandle,
     ModelLoadError,
     ModelSpec,
+    reusable_prefix,
 )
 from .abi_common import (
     CALLBACK_CONTINUE,
@@ -72,6 +73,8 @@ class _Outcome:
     finish: str | None = None
     error: str | None = None
     raised: BaseException | None = None
+    eos_id: int | None = None  # the EOS token the run stopped at (it went into the KV cache)
+    delivered: list = field(default_factory=list)
     perf: _Perf = field(default_factory=_Perf)
 
 
@@ -91,6 +94,7 @@ class _Run:
         self.returned = threading.Event()
         self.rc: int | None = None
         self.consumer = threading.get_ident()  # the thread running generate()
+        self.npu_yield = None  # called on the library's thread after each token (blocking pauses it)
 
 
 class _Router:
@@ -125,6 +129,8 @@ class _Router:
                 if r.token_id >= 0:
                     run.events.put((_TOKEN, (r.token_id, r.text or b"")))
                     run.native_tokens += r.token_id not in run.eos
+                    if run.npu_yield is not None and not run.stop_requested.is_set():
+                        run.npu_yield()
                     if self.returns_int and (r.token_id in run.eos or run.native_tokens >= run.limit):
                         # Pausing stops the library right after this token, so its KV cache holds exactly
                         # what the bridge saw; an abort from another thread would let a few more in.
@@ -193,6 +199,10 @@ class RKLLMHandle(ModelHandle):
         #: the library's KV cache may then hold tokens the bridge never saw, so a keep_history
         #: follow-up must clear the cache first.
         self.last_stop_exact = True
+        #: token ids the library's KV cache holds after an exact keep_history run (see runtimes.base)
+        self.cached_ids: tuple = ()
+        self._kv_dirty = False  # a keep_history run may have left something in the cache
+        self._last_delivered: list = []
         self._perf = _Perf()
         self._finalizer = weakref.finalize(self, _destroy, cdll, handle.value,
                                            (self._callback, self._callback_struct, self._param, self._router))
@@ -200,18 +210,33 @@ class RKLLMHandle(ModelHandle):
     # ------------------------------------------------------------------ generation
 
     def generate(self, prompt_ids: Sequence[int], params: GenerationParams, on_token: Callable[[int], None],
-                 keep_history: bool = False, on_text: OnText | None = None) -> GenerationResult:
+                 keep_history: bool = False, on_text: OnText | None = None,
+                 reuse_prefix: bool = False) -> GenerationResult:
         """Generate from token ids (RKLLM_INPUT_TOKEN). ``keep_history`` keeps the KV cache of this turn
-        for the next one (RKLLM >= 1.2.0; ignored with a warning on 1.1)."""
+        for the next one (RKLLM >= 1.2.0; ignored with a warning on 1.1). ``reuse_prefix`` (the bridge's
+        mode, see runtimes.base) runs with keep_history, sends only the ids that extend ``cached_ids``
+        and clears the library's cache first when the prompt does not extend it."""
         ids = [int(i) for i in prompt_ids]
         if not ids:
             raise GenerationFailed("the prompt has no tokens")
-        array = (ctypes.c_int32 * len(ids))(*ids)
+        reused = 0
+        if reuse_prefix and self.abi.has_keep_history:
+            reused = reusable_prefix(self.cached_ids, ids)
+            if not reused and self._kv_dirty:
+                self.clear_kv_cache()
+            keep_history = True
+        self.cached_ids = ()
+        send = ids[reused:]
+        array = (ctypes.c_int32 * len(send))(*send)
         inp = self.abi.RKLLMInput()
         inp.input_type = RKLLM_INPUT_TOKEN
         inp.token_input.input_ids = array
-        inp.token_input.n_tokens = len(ids)
-        return self._generate(inp, array, len(ids), params, on_token, on_text, keep_history)
+        inp.token_input.n_tokens = len(send)
+        result = self._generate(inp, array, len(ids), params, on_token, on_text, keep_history)
+        result.cached_tokens = reused
+        if reuse_prefix and keep_history and self.last_stop_exact and result.finish_reason in ("stop", "length"):
+            self.cached_ids = tuple(ids) + tuple(self._last_delivered)
+        return result
 
     def generate_prompt(self, prompt: str, params: GenerationParams, on_token: Callable[[int], None],
                         on_text: OnText | None = None, keep_history: bool = False, role: str = "user",
@@ -235,6 +260,7 @@ class RKLLMHandle(ModelHandle):
             inp.role = b"user"
         if self.abi.has_keep_history:
             infer.keep_history = 1 if keep_history else 0
+            self._kv_dirty = bool(keep_history)
         elif keep_history:
             log.warning("RKLLM %s cannot keep the KV cache between runs: keep_history ignored", self.abi.name)
         sampling = sampling_param(self.abi, params, self._param)
@@ -256,6 +282,7 @@ class RKLLMHandle(ModelHandle):
             if self._run is not None:
                 raise GenerationFailed(f"{self.spec.name}: a generation is already running on this handle")
             run = _Run(next(self._run_ids), limit, frozenset(self.spec.eos_token_ids))
+            run.npu_yield = self.npu_yield
             self._run = run
             self.last_stop_exact = False  # until the run ends without an abort
             self._router.current = run
@@ -319,9 +346,11 @@ class RKLLMHandle(ModelHandle):
             return
         if token_id in run.eos:
             out.finish = "stop"
+            out.eos_id = token_id
             self._request_stop(run)
             return
         out.completion += 1
+        out.delivered.append(token_id)
         try:
             on_token(token_id)
             if on_text is not None:
@@ -349,6 +378,8 @@ class RKLLMHandle(ModelHandle):
         perf = out.perf
         self._perf = perf if perf.memory_mb is not None else self._perf
         self.last_stop_exact = not run.abort_sent and not out.dropped
+        # What the library's cache gained besides the prompt: every token it emitted, EOS included.
+        self._last_delivered = out.delivered + ([out.eos_id] if out.eos_id is not None else [])
         return GenerationResult(finish_reason=finish, prompt_tokens=n_prompt or (perf.prefill_tokens or 0),
                                 completion_tokens=out.completion, runtime_prefill_ms=perf.prefill_ms,
                                 runtime_decode_ms=perf.decode_ms)
@@ -413,6 +444,7 @@ class RKLLMHandle(ModelHandle):
                 rc = self._cdll.rkllm_clear_kv_cache(self._handle, int(keep_system_prompt))
             else:
                 rc = self._cdll.rkllm_clear_kv_cache(self._handle, int(keep_system_prompt), None, None)
+        self.cached_ids, self._kv_dirty = (), False
         if rc != 0:
             raise GenerationFailed(f"{self.spec.name}: rkllm_clear_kv_cache returned {rc}")
 

@@ -27,8 +27,10 @@ _FOREIGN = (
     (b"PK\x03\x04", "a zip archive (e.g. a PyTorch checkpoint), not an .rkllm model"),
     (b"RKNN", "an RKNN vision model (.rknn), not an .rkllm LLM"),
 )
-_TOOLKIT_IN_HEADER = re.compile(rb"rkllm[-_ ]toolkit[-_ ]?(?:version)?[\"':= ]*v?(\d+\.\d+\.\d+(?:b\d+)?)", re.IGNORECASE)
-_VERSION_IN_NAME = re.compile(r"(?:rkllm|rk3588|rk3576|runtime|toolkit)[-_ ]?v?(\d+\.\d+\.\d+(?:b\d+)?)", re.IGNORECASE)
+_TOOLKIT_IN_HEADER = re.compile(rb"rkllm[-_ ]toolkit[-_ ]?(?:version)?[\"':= ]*v?(\d+\.\d+\.\d+(?:b\d+)?)",
+                                re.IGNORECASE)
+_VERSION_IN_NAME = re.compile(r"(?:rkllm|rk3588|rk3576|runtime|toolkit)[-_ ]?v?(\d+\.\d+\.\d+(?:b\d+)?)",
+                              re.IGNORECASE)
 
 
 @dataclass(frozen=True)

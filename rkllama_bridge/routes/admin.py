@@ -19,7 +19,8 @@ def health():
                "memory_mb": round(e.memory_mb, 1), "last_used": e.last_used} for e in svc.loaded()]
     return jsonify({"status": "ok", "runtime": svc.runtime.describe(), "models": models,
                     "queue_max": svc.options.queue_max, "active": sum(snap["active"].values()),
-                    "aborts_total": snap["aborts_total"], "uptime_s": round(time.monotonic() - current_app.config[
+                    "aborts_total": snap["aborts_total"], "lifecycle": svc.lifecycle(),
+                    "npu": svc.arbiter.snapshot(), "uptime_s": round(time.monotonic() - current_app.config[
                         "BRIDGE_STARTED"], 3)})
 
 

@@ -83,15 +83,12 @@ def model_field(body: dict, *names: str) -> Optional[str]:
     return None
 
 
-def start_chat(model: Optional[str], messages: Sequence[dict], fields: dict,
+def start_chat(model: Optional[str], messages: Sequence[dict], fields: dict, body: dict,
                **template_extra) -> Tuple[Generation, StoredModel]:
-    """Template the conversation for ``model``, validate parameters and start generating."""
-    svc = service()
-    name = svc.resolve_model(model)
-    stored = svc.load(name).stored
-    prompt_ids = svc.chat_prompt_ids(stored, messages, **template_extra)
-    params = svc.params_for(stored, fields, len(prompt_ids))
-    return svc.start(name, prompt_ids, params, client_gone_probe()), stored
+    """Template the conversation for ``model``, validate parameters and start generating; the request's
+    ``truncate`` and ``keep_alive`` fields apply as on every route."""
+    return service().start_chat(model, messages, fields, client_gone_probe(), truncate=body.get("truncate"),
+                                keep_alive=body.get("keep_alive"), **template_extra)
 
 
 def stop_list(value) -> List[str]:

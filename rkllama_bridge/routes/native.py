@@ -10,7 +10,7 @@ from ..params import messages_field, optional_bool, optional_str
 from ..service import TokenEvent
 from ..store import validate_name
 from ..tokenizer import TOKENIZER_FILES
-from .common import client_gone_probe, json_body, model_field, ndjson, service, streaming
+from .common import client_gone_probe, json_body, model_field, ndjson, service, start_chat, streaming
 
 bp = Blueprint("native", __name__)
 
@@ -28,16 +28,18 @@ def generate():
     svc = service()
     name = svc.resolve_model(model_field(body, "model"))
     stored = svc.load(name).stored
+    fields = {k: body.get(k) for k in _PARAM_FIELDS}
     if "prompt_token_ids" in body:
         ids = body["prompt_token_ids"]
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise BadRequest("'prompt_token_ids' must be a list of integers", code="invalid_token_ids")
+        params = svc.params_for(stored, fields, len(ids))
+        generation = svc.start(name, ids, params, client_gone_probe(), keep_alive=svc.keep_alive_field(
+            body.get("keep_alive")))
     elif "messages" in body:
-        ids = svc.chat_prompt_ids(stored, messages_field(body))
+        generation, _ = start_chat(name, messages_field(body), fields, body)
     else:
         raise BadRequest("give 'prompt_token_ids' or 'messages'", code="invalid_prompt")
-    params = svc.params_for(stored, {k: body.get(k) for k in _PARAM_FIELDS}, len(ids))
-    generation = svc.start(name, ids, params, client_gone_probe())
 
     def lines():
         for event in generation:

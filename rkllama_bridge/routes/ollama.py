@@ -1,16 +1,35 @@
-"""Ollama-shaped routes (``/api/*``), as rkllama serves them for Ollama clients such as Open WebUI."""
+"""Ollama-shaped routes (``/api/*``), as rkllama serves them for Ollama clients such as Open WebUI.
+
+``keep_alive`` is honoured as Ollama does (a request without prompt/messages but with ``keep_alive``
+only loads, or with 0 unloads, the model); ``truncate: "left"`` drops old turns to fit the context;
+``/api/chat`` returns a ``<think>`` block as ``message.thinking`` and Qwen/Hermes tool calls as
+``message.tool_calls`` when ``tools`` are given."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import time
 
 from flask import Blueprint, jsonify
 
 from ..errors import BadRequest
 from ..params import messages_field, optional_bool, optional_str
-from .common import (collect, json_body, model_field, ndjson, now_iso, service, start_chat, stop_list, streaming,
-                     text_pieces, client_gone_probe)
+from ..reply_shaping import REASONING, ReplyStream, shape_reply
+from ..tool_calls import validate_tools
+from .common import (
+    client_gone_probe,
+    collect,
+    json_body,
+    model_field,
+    ndjson,
+    now_iso,
+    service,
+    stop_list,
+    streaming,
+    text_pieces,
+)
+from .openai import start_tool_chat
 
 bp = Blueprint("ollama", __name__)
 
@@ -38,11 +57,16 @@ def ps():
     out = []
     for entry in service().loaded():
         item = _model_entry(entry.name)
+        expires = entry.expires_at
         item.update({"size_vram": int(entry.memory_mb * 2**20), "instances": len(entry.queue.handles),
-                     "loaded_at": datetime.datetime.fromtimestamp(entry.loaded_at, datetime.timezone.utc).isoformat(),
-                     "expires_at": None})
+                     "loaded_at": _iso(entry.loaded_at), "expires_at": None if expires is None else _iso(expires),
+                     "keep_alive": "forever" if entry.keep_alive_s is None else f"{entry.keep_alive_s:g}s"})
         out.append(item)
     return jsonify({"models": out})
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat()
 
 
 @bp.get("/api/version")
@@ -69,7 +93,8 @@ def _fields(body: dict) -> tuple:
 def _final(name: str, done, started: float, key: str) -> dict:
     t = done.timings or {}
     total = time.monotonic() - started
-    return {"model": name, "created_at": now_iso(), key: ({"role": "assistant", "content": ""} if key == "message" else ""),
+    empty = {"role": "assistant", "content": ""} if key == "message" else ""
+    return {"model": name, "created_at": now_iso(), key: empty,
             "done": True, "done_reason": done.finish_reason, "total_duration": int(total * 1e9),
             "load_duration": 0, "prompt_eval_count": done.usage.get("prompt_tokens", 0),
             "prompt_eval_duration": int(t.get("prefill_ms", 0) * 1e6),
@@ -77,59 +102,120 @@ def _final(name: str, done, started: float, key: str) -> dict:
             "eval_duration": int(max(0.0, total * 1e9 - t.get("ttft_ms", 0) * 1e6))}
 
 
-def _respond(name: str, generation, stops, stream: bool, key: str):
+def _respond(name: str, generation, stops, stream: bool, key: str, opened: bool = False, tools: bool = False):
     started = time.monotonic()
-
-    def piece_obj(text: str) -> dict:
-        value = {"role": "assistant", "content": text} if key == "message" else text
-        return {"model": name, "created_at": now_iso(), key: value, "done": False}
-
     pieces = text_pieces(generation, stops)
     if not stream:
         text, done = collect(pieces)
         final = _final(name, done, started, key)
-        final[key] = {"role": "assistant", "content": text} if key == "message" else text
+        if key == "message":
+            final[key] = _message(shape_reply(text, opened, tools))
+        else:
+            final[key] = text
         return jsonify(final)
 
+    def piece_obj(value) -> dict:
+        return {"model": name, "created_at": now_iso(), key: value, "done": False}
+
+    def parts_out(parts):
+        for kind, text in parts:
+            yield piece_obj({"role": "assistant", "content": "", "thinking": text} if kind == REASONING
+                            else {"role": "assistant", "content": text})
+
     def lines():
+        shaper = ReplyStream(opened, tools) if key == "message" else None
         for piece in pieces:
             if piece.text:
-                yield piece_obj(piece.text)
+                yield from (parts_out(shaper.push(piece.text)) if shaper else [piece_obj(piece.text)])
             if piece.done:
+                if shaper:
+                    parts, calls = shaper.finish()
+                    yield from parts_out(parts)
+                    if calls:
+                        yield piece_obj({"role": "assistant", "content": "", "tool_calls": _ollama_calls(calls)})
                 yield _final(name, piece.done, started, key)
 
     return streaming(ndjson(lines()), generation, "application/x-ndjson")
 
 
+def _message(reply) -> dict:
+    message = {"role": "assistant", "content": reply.content}
+    if reply.reasoning:
+        message["thinking"] = reply.reasoning
+    if reply.tool_calls:
+        message["tool_calls"] = _ollama_calls(reply.tool_calls)
+    return message
+
+
+def _ollama_calls(calls) -> list:
+    """OpenAI tool calls in Ollama's shape (arguments as an object)."""
+    out = []
+    for c in calls:
+        try:
+            args = json.loads(c["function"]["arguments"])
+        except ValueError:
+            args = c["function"]["arguments"]
+        out.append({"function": {"name": c["function"]["name"], "arguments": args}})
+    return out
+
+
+def _lifecycle_only(body: dict, key: str):
+    """Ollama's load/unload request: no prompt or messages, only a model (and keep_alive)."""
+    svc = service()
+    name = svc.resolve_model(model_field(body, "model"))
+    keep = svc.keep_alive_field(body.get("keep_alive"))
+    if keep == 0:
+        entry = next((e for e in svc.loaded() if e.name == name), None)
+        if entry is not None and entry.serving:
+            svc.load(name, 0)  # unloaded by the reaper once its requests are done
+        else:
+            svc.unload(name)
+        reason = "unload"
+    else:
+        svc.load(name, keep)
+        reason = "load"
+    final = {"model": name, "created_at": now_iso(), key: ({"role": "assistant", "content": ""}
+                                                          if key == "message" else ""),
+             "done": True, "done_reason": reason}
+    return jsonify(final)
+
+
 @bp.post("/api/chat")
 def chat():
     body = json_body()
+    if not body.get("messages") and "keep_alive" in body:
+        return _lifecycle_only(body, "message")
     messages = messages_field(body)
     fields, stops = _fields(body)
     stream = optional_bool(body, "stream", True)
-    generation, stored = start_chat(model_field(body, "model"), messages, fields)
-    return _respond(stored.name, generation, stops, stream, "message")
+    tools = validate_tools(body.get("tools"), None)
+    generation, stored, opened = start_tool_chat(body, messages, fields, tools)
+    return _respond(stored.name, generation, stops, stream, "message", opened, bool(tools))
 
 
 @bp.post("/api/generate")
 def generate():
     body = json_body()
     prompt = optional_str(body, "prompt")
+    if not prompt and "keep_alive" in body:
+        return _lifecycle_only(body, "response")
     if not prompt:
         raise BadRequest("'prompt' must be a non-empty string", code="invalid_prompt")
     fields, stops = _fields(body)
     stream = optional_bool(body, "stream", True)
     svc = service()
+    keep = body.get("keep_alive")
     if optional_bool(body, "raw", False):
         name = svc.resolve_model(model_field(body, "model"))
-        stored = svc.load(name).stored
+        stored = svc.load(name, svc.keep_alive_field(keep)).stored
         prompt_ids = stored.tokenizer.encode(prompt)
         params = svc.params_for(stored, fields, len(prompt_ids))
-        generation = svc.start(name, prompt_ids, params, client_gone_probe())
+        generation = svc.start(name, prompt_ids, params, client_gone_probe(), keep_alive=svc.keep_alive_field(keep))
     else:
         messages = [{"role": "user", "content": prompt}]
         system = optional_str(body, "system")
         if system:
             messages.insert(0, {"role": "system", "content": system})
-        generation, stored = start_chat(model_field(body, "model"), messages, fields)
+        generation, stored = svc.start_chat(model_field(body, "model"), messages, fields, client_gone_probe(),
+                                            truncate=body.get("truncate"), keep_alive=keep)
     return _respond(stored.name, generation, stops, stream, "response")

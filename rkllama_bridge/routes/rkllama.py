@@ -74,7 +74,7 @@ def generate():
     stream = optional_bool(body, "stream", False)
     fields = {"max_new_tokens": body.get("max_new_tokens"), "temperature": body.get("temperature"),
               "seed": body.get("seed")}
-    generation, _ = start_chat(model_field(body, "model", "model_name"), messages, fields)
+    generation, _ = start_chat(model_field(body, "model", "model_name"), messages, fields, body)
     pieces = text_pieces(generation)
     if not stream:
         text, done = collect(pieces)

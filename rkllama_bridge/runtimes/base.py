@@ -7,6 +7,14 @@ thread; ``generate`` then returns promptly with ``finish_reason == "abort"`` and
 ready for the next request only once ``generate`` has returned (no tail of an aborted request can
 reach the next one). Text is not produced here: the bridge detokenizes ids itself so that every
 runtime gets the same UTF-8-safe stream.
+
+Prefix reuse (KV cache kept across turns): after a generation a handle's ``cached_ids`` are exactly the
+token ids its KV cache holds (the prompt and the reply tokens it evaluated), or ``()`` when nothing can
+be reused (after an abort, an error, or an end that may have left unseen tokens in the cache). With
+``generate(..., reuse_prefix=True)`` a handle whose ``cached_ids`` are a strict prefix of the new
+prompt evaluates only the new tokens (``GenerationResult.cached_tokens`` says how many it skipped);
+for any other prompt it clears its cache first. ``reuse_prefix=False`` always starts from an empty
+cache. The scheduler reads ``cached_ids`` to send a request to the handle that holds most of it.
 """
 
 from __future__ import annotations
@@ -14,9 +22,18 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 OnToken = Callable[[int], None]
+
+
+def reusable_prefix(cached_ids: Sequence[int], prompt_ids: Sequence[int]) -> int:
+    """How many leading ids of ``prompt_ids`` a cache holding ``cached_ids`` already covers: all of the
+    cache when it is a strict prefix of the prompt (at least one new token must be evaluated), else 0."""
+    n = len(cached_ids)
+    if 0 < n < len(prompt_ids) and list(prompt_ids[:n]) == list(cached_ids):
+        return n
+    return 0
 
 
 class RuntimeError_(Exception):
@@ -60,6 +77,8 @@ class GenerationResult:
     # TTFT and decode speed around the callbacks regardless.
     runtime_prefill_ms: Optional[float] = None
     runtime_decode_ms: Optional[float] = None
+    #: prompt tokens taken from the KV cache of the previous turn instead of being evaluated again
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,10 +98,17 @@ class ModelHandle(abc.ABC):
     """One loaded instance of a model. Not thread-safe for ``generate``: the scheduler serialises."""
 
     spec: ModelSpec
+    #: the token ids the KV cache holds after the last generation, () when none are reusable
+    cached_ids: Tuple[int, ...] = ()
+    #: set by the bridge during a generation: called between tokens on the thread that drives the NPU
+    #: (so blocking in it pauses the model); the NPU arbiter uses it to let an image job take a turn
+    npu_yield: Optional[Callable[[], None]] = None
 
     @abc.abstractmethod
-    def generate(self, prompt_ids: Sequence[int], params: GenerationParams, on_token: OnToken) -> GenerationResult:
-        """Run one generation; stop at an EOS id (not passed to ``on_token``), at max_new_tokens or on abort."""
+    def generate(self, prompt_ids: Sequence[int], params: GenerationParams, on_token: OnToken,
+                 reuse_prefix: bool = False) -> GenerationResult:
+        """Run one generation; stop at an EOS id (not passed to ``on_token``), at max_new_tokens or on abort.
+        With ``reuse_prefix``, evaluate only what extends ``cached_ids`` (see the module docstring)."""
 
     @abc.abstractmethod
     def abort(self) -> None:

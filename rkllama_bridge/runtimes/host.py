@@ -9,10 +9,18 @@ import logging
 import os
 import threading
 import time
-from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .base import GenerationParams, GenerationResult, ModelHandle, ModelLoadError, ModelSpec, OnToken, Runtime
+from .base import (
+    GenerationParams,
+    GenerationResult,
+    ModelHandle,
+    ModelLoadError,
+    ModelSpec,
+    OnToken,
+    Runtime,
+    reusable_prefix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +45,8 @@ class HostRuntime(Runtime):
         torch.set_num_threads(self.threads)
         try:
             if weights.suffix == ".gguf":
-                model = AutoModelForCausalLM.from_pretrained(weights.parent, gguf_file=weights.name, dtype=torch.float32)
+                model = AutoModelForCausalLM.from_pretrained(weights.parent, gguf_file=weights.name,
+                                                             dtype=torch.float32)
             elif weights.is_dir():
                 model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32)
             else:
@@ -58,6 +67,8 @@ class HostHandle(ModelHandle):
         self.model = model
         self._abort = threading.Event()
         self._eos = set(spec.eos_token_ids)
+        self.cached_ids = ()
+        self._past = None  # the transformers cache holding exactly ``cached_ids``
 
     @property
     def memory_mb(self) -> float:
@@ -65,18 +76,23 @@ class HostHandle(ModelHandle):
             return 0.0
         return sum(p.numel() * p.element_size() for p in self.model.parameters()) / 2**20
 
-    def generate(self, prompt_ids: Sequence[int], params: GenerationParams, on_token: OnToken) -> GenerationResult:
+    def generate(self, prompt_ids: Sequence[int], params: GenerationParams, on_token: OnToken,
+                 reuse_prefix: bool = False) -> GenerationResult:
         import torch
 
         if self.model is None:
             raise ModelLoadError(f"{self.spec.name}: handle is closed")
         self._abort.clear()
-        result = GenerationResult("length", len(prompt_ids), 0)
+        reused = reusable_prefix(self.cached_ids, prompt_ids) if reuse_prefix else 0
+        past = self._past if reused else None
+        self.cached_ids, self._past = (), None  # until this run ends exactly
+        result = GenerationResult("length", len(prompt_ids), 0, cached_tokens=reused)
         generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         history: List[int] = list(prompt_ids)
+        fed: List[int] = list(prompt_ids)  # what the cache holds once the current forward pass is done
         started = time.monotonic()
         with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([list(prompt_ids)]), use_cache=True)
+            out = self.model(input_ids=torch.tensor([list(prompt_ids[reused:])]), past_key_values=past, use_cache=True)
             result.runtime_prefill_ms = (time.monotonic() - started) * 1000
             while result.completion_tokens < params.max_new_tokens:
                 if self._abort.is_set():
@@ -91,7 +107,12 @@ class HostHandle(ModelHandle):
                 result.completion_tokens += 1
                 if result.completion_tokens >= params.max_new_tokens:
                     break
+                if self.npu_yield is not None:
+                    self.npu_yield()
                 out = self.model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+                fed.append(token)
+        if result.finish_reason != "abort":
+            self.cached_ids, self._past = tuple(fed), out.past_key_values
         result.runtime_decode_ms = (time.monotonic() - started) * 1000 - result.runtime_prefill_ms
         return result
 
@@ -100,6 +121,7 @@ class HostHandle(ModelHandle):
 
     def close(self) -> None:
         self._abort.set()
+        self.cached_ids, self._past = (), None
         self.model = None
 
 

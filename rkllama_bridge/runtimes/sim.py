@@ -8,9 +8,18 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from .base import GenerationParams, GenerationResult, ModelHandle, ModelLoadError, ModelSpec, OnToken, Runtime
+from .base import (
+    GenerationParams,
+    GenerationResult,
+    ModelHandle,
+    ModelLoadError,
+    ModelSpec,
+    OnToken,
+    Runtime,
+    reusable_prefix,
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,10 @@ class SimRuntime(Runtime):
                 "prefill_ms_per_token": p.prefill_ms_per_token, "decode_tok_s": p.decode_tok_s,
                 "load_s": p.load_s, "source": p.source}
 
+    def estimate_mb(self, spec: ModelSpec) -> float:
+        """The profile's memory: what one loaded instance will take."""
+        return self.profile.memory_mb
+
     def load(self, spec: ModelSpec) -> ModelHandle:
         reply_text = spec.options.get("SIM_REPLY", DEFAULT_REPLY)
         if self._tokenizer_for is None:
@@ -94,6 +107,8 @@ class SimHandle(ModelHandle):
         self.reply_len = reply_len  # tokens before EOS; the reply text repeats to fill it
         self._abort = threading.Event()
         self._closed = False
+        self.cached_ids = ()
+        self.trace: Optional[List[tuple]] = None  # when a list: (kind, start, end) of each simulated NPU step
         self._wait(profile.load_s)
 
     @property
@@ -104,23 +119,42 @@ class SimHandle(ModelHandle):
         """Sleep like the NPU would; returns True if aborted meanwhile (the sim's only real wait)."""
         return self._abort.wait(seconds) if seconds > 0 else self._abort.is_set()
 
-    def generate(self, prompt_ids: Sequence[int], params: GenerationParams, on_token: OnToken) -> GenerationResult:
+    def generate(self, prompt_ids: Sequence[int], params: GenerationParams, on_token: OnToken,
+                 reuse_prefix: bool = False) -> GenerationResult:
         if self._closed:
             raise ModelLoadError(f"{self.spec.name}: handle is closed")
         self._abort.clear()
+        reused = reusable_prefix(self.cached_ids, prompt_ids) if reuse_prefix else 0
+        self.cached_ids = ()  # until this run ends exactly
         started = time.monotonic()
-        result = GenerationResult("stop", len(prompt_ids), 0)
-        if self._wait(len(prompt_ids) * self.profile.prefill_ms_per_token / 1000.0):
+        result = GenerationResult("stop", len(prompt_ids), 0, cached_tokens=reused)
+        # Prefill is charged only for the tokens the cache does not hold, as on the NPU with keep_history.
+        if self._wait((len(prompt_ids) - reused) * self.profile.prefill_ms_per_token / 1000.0):
             result.finish_reason = "abort"
             return result
         prefill_done = time.monotonic()
+        emitted = self._decode(prompt_ids, params, on_token, result)
+        if result.finish_reason != "abort":
+            self.cached_ids = tuple(prompt_ids) + tuple(emitted)
+        result.runtime_prefill_ms = (prefill_done - started) * 1000
+        result.runtime_decode_ms = (time.monotonic() - prefill_done) * 1000
+        return result
+
+    def _decode(self, prompt_ids: Sequence[int], params: GenerationParams, on_token: OnToken,
+                result: GenerationResult) -> List[int]:
         period = 1.0 / self.profile.decode_tok_s if self.profile.decode_tok_s > 0 else 0.0
         # Deterministic: the reply starts at an offset fixed by the prompt and the seed.
         offset = (len(prompt_ids) + (params.seed or 0)) % len(self.reply_ids) if params.seed is not None else 0
-        next_due = prefill_done
+        emitted: List[int] = []
+        next_due = time.monotonic()
         while result.completion_tokens < params.max_new_tokens:
             if result.completion_tokens >= self.reply_len:
                 break  # the reply is over: EOS
+            if self.npu_yield is not None:
+                paused = time.monotonic()
+                self.npu_yield()
+                next_due += time.monotonic() - paused  # a turn given away is not decode time
+            step_start = time.monotonic()
             if period:
                 next_due += period
                 if self._wait(max(0.0, next_due - time.monotonic())):
@@ -129,17 +163,20 @@ class SimHandle(ModelHandle):
             elif self._abort.is_set():
                 result.finish_reason = "abort"
                 break
-            on_token(self.reply_ids[(offset + result.completion_tokens) % len(self.reply_ids)])
+            token = self.reply_ids[(offset + result.completion_tokens) % len(self.reply_ids)]
+            if self.trace is not None:
+                self.trace.append(("decode", step_start, time.monotonic()))
+            on_token(token)
+            emitted.append(token)
             result.completion_tokens += 1
         else:
             result.finish_reason = "length"
-        result.runtime_prefill_ms = (prefill_done - started) * 1000
-        result.runtime_decode_ms = (time.monotonic() - prefill_done) * 1000
-        return result
+        return emitted
 
     def abort(self) -> None:
         self._abort.set()
 
     def close(self) -> None:
         self._closed = True
+        self.cached_ids = ()
         self._abort.set()

@@ -37,3 +37,33 @@ def test_no_images_leaves_the_image_routes_out(start_bridge):
     b = start_bridge("--sim-profile", "instant", "--no-images")
     assert requests.post(b.url + "/image/superres", files={"file": ("in.png", _png(4, 4), "image/png")},
                          timeout=30).status_code == 404
+
+
+def test_image_work_takes_turns_with_a_running_llm_stream(start_bridge):
+    """The mounted image routes go through the bridge's NPU arbiter: an SR job arriving mid-stream waits
+    for a token boundary (the LLM yields to it), runs, and the stream then finishes intact."""
+    import json
+    import threading
+
+    from rkllama_bridge.runtimes.sim import DEFAULT_REPLY
+
+    from ..conftest import SIM_MODEL
+    from ..support import wait_for
+
+    b = start_bridge("--sim-profile", "instant", "--sim-decode-tok-s", "20")
+    lines: list = []
+
+    def stream():
+        with requests.post(b.url + "/v1/generate", json={"model": SIM_MODEL, "messages": [
+                {"role": "user", "content": "hi"}]}, stream=True, timeout=60) as r:
+            lines.extend(json.loads(x) for x in r.iter_lines() if x)
+
+    t = threading.Thread(target=stream)
+    t.start()
+    wait_for(lambda: b.get_json("/health")[1]["npu"]["busy"] == ["llm"], what="LLM holding the NPU")
+    r = requests.post(b.url + "/image/superres", files={"file": ("in.png", _png(16, 16), "image/png")}, timeout=60)
+    assert r.status_code == 200, r.text
+    t.join(60)
+    npu = b.get_json("/health")[1]["npu"]["kinds"]
+    assert npu["image"]["turns"] >= 1 and npu["llm"]["yields"] >= 1
+    assert "".join(x.get("text", "") for x in lines[:-1]) == DEFAULT_REPLY and lines[-1]["finish_reason"] == "stop"

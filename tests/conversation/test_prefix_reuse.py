@@ -3,13 +3,23 @@ starts from a cleared cache, and several handles keep their own conversations.""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 import requests
 
-from .helpers import (DEFAULT_REPLY, RUNTIMES, SIM_MODEL, follow_up, ollama_chat, openai_chat, read_records, runs,
-                      runtime_env)
+from .helpers import (
+    DEFAULT_REPLY,
+    RUNTIMES,
+    SIM_MODEL,
+    follow_up,
+    ollama_chat,
+    openai_chat,
+    read_records,
+    runs,
+    runtime_env,
+)
 
 needs_stub = pytest.mark.skipif("rkllm" not in RUNTIMES, reason="gcc is needed to build the stub librkllmrt")
 TURN1 = [{"role": "user", "content": "Hello there"}]
@@ -61,7 +71,7 @@ def test_native_token_ids_reuse_the_cache_and_report_cached_tokens(runtime, star
         r = requests.post(b.url + "/v1/generate", json={"model": SIM_MODEL, "prompt_token_ids": prompt_ids},
                           timeout=60)
         assert r.status_code == 200, r.text
-        lines = [__import__("json").loads(x) for x in r.text.splitlines() if x]
+        lines = [json.loads(x) for x in r.text.splitlines() if x]
         return [x["token_id"] for x in lines[:-1]], lines[-1]
 
     reply, done = generate(ids)
@@ -122,7 +132,7 @@ def test_an_aborted_reply_invalidates_the_cache(runtime, start_bridge, default_t
     with requests.post(b.url + "/api/chat", json={"model": SIM_MODEL, "messages": TURN1}, stream=True,
                        timeout=60) as r:
         for n, line in enumerate(r.iter_lines()):
-            partial += __import__("json").loads(line)["message"]["content"]
+            partial += json.loads(line)["message"]["content"]
             if n == 3:
                 break
     turn2 = follow_up(TURN1, partial, "Go on")

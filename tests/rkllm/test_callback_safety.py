@@ -46,8 +46,8 @@ SCRIPT = textwrap.dedent("""
 def test_exception_in_the_native_callback_is_logged_and_fails_the_run(abi, tmp_path):
     model = write_stub_model(tmp_path / "m.rkllm", toolkit_version={"1.1": "1.1.4", "1.3": "1.3.0"}[abi])
     env = {"PATH": "/usr/bin:/bin", **stub_env(abi, [31, 32, 33, 34, 35, 36], delay_ms=1)}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(model)], env=env, capture_output=True, text=True, check=False,
-                          timeout=60, cwd=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(model)], env=env, capture_output=True, text=True,
+                          check=False, timeout=60, cwd=str(REPO))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "boom inside the ctypes callback" in out  # logged with its traceback
