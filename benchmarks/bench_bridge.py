@@ -4,7 +4,6 @@ measured on an unthrottled sim (where the runtime itself costs nothing)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,7 +17,7 @@ from rkllama_bridge.runtimes.base import GenerationParams, ModelSpec
 from rkllama_bridge.runtimes.sim import SimRuntime
 from rkllama_bridge.tokenizer import TOKENIZER_FILES, ChatTokenizer
 
-from .common import median, table
+from .common import median, start_server, table
 
 MODEL = "bench-sim"
 PROMPT_TOKENS = 64
@@ -62,25 +61,11 @@ def _http(url: str, prompt, n: int) -> dict:
 
 
 def _start_bridge(models: Path, profile: str, overrides: dict, tmp: Path) -> tuple:
-    port_file = tmp / f"port-{profile}-{len(overrides)}"
     argv = [sys.executable, "-m", "rkllama_bridge", "serve", "--models", str(models), "--runtime", "sim",
-            "--sim-profile", profile, "--port", "0", "--port-file", str(port_file), "--log-level", "WARNING",
-            "--preload", MODEL]
+            "--sim-profile", profile, "--log-level", "WARNING", "--preload", MODEL, "--no-images"]
     for key, value in overrides.items():
         argv += [f"--sim-{key.replace('_', '-')}", str(value)]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if port_file.exists() and port_file.read_text():
-            url = f"http://127.0.0.1:{port_file.read_text()}"
-            try:
-                if requests.get(url + "/health", timeout=2).ok:
-                    return proc, url
-            except requests.ConnectionError:
-                pass
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("bridge did not start")
+    return start_server(argv, tmp, f"bridge-{profile}-{len(overrides)}")
 
 
 def run(repeats: int = 5) -> str:

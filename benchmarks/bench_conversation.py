@@ -7,7 +7,6 @@ twin (RK3588 Qwen2.5-1.5B profile) and on the host runtime with the embedded def
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,7 +18,7 @@ from rkllama_bridge.default_model import DEFAULT_MODEL_NAME, ensure_default_mode
 from rkllama_bridge.modelfile import render_modelfile
 from rkllama_bridge.tokenizer import TOKENIZER_FILES
 
-from .common import median, table
+from .common import median, start_server, table
 
 SIM_MODEL = "conv-sim"
 SIM_PROFILE = "qwen2.5-1.5b-rk3588"
@@ -40,22 +39,9 @@ def _sim_store(root: Path, tokenizer_dir: Path, reply_tokens: int) -> Path:
 
 
 def _start(models: Path, runtime: str, extra: list, tmp: Path, tag: str) -> tuple:
-    port_file = tmp / f"port-{tag}"
     argv = [sys.executable, "-m", "rkllama_bridge", "serve", "--models", str(models), "--runtime", runtime,
-            "--port", "0", "--port-file", str(port_file), "--log-level", "WARNING", "--no-restore", *extra]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if port_file.exists() and port_file.read_text():
-            url = f"http://127.0.0.1:{port_file.read_text()}"
-            try:
-                if requests.get(url + "/health", timeout=2).ok:
-                    return proc, url
-            except requests.ConnectionError:
-                pass
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"bridge {tag} did not start")
+            "--log-level", "WARNING", "--no-restore", "--no-images", *extra]
+    return start_server(argv, tmp, f"bridge-{tag}")
 
 
 def _turn(url: str, model: str, messages: list, max_tokens: int) -> tuple:

@@ -3,8 +3,14 @@ in one run and report ratios; absolute numbers depend on the machine."""
 
 from __future__ import annotations
 
+import os
 import statistics
-from typing import Iterable, List, Sequence
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import requests
 
 
 def median(xs: Iterable[float]) -> float:
@@ -27,3 +33,27 @@ def table(header: Sequence[str], rows: List[Sequence]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def start_server(argv: Sequence[str], tmp: Path, name: str, env: Optional[Dict[str, str]] = None,
+                 timeout: float = 180.0) -> Tuple[subprocess.Popen, str]:
+    """Start a server process (``argv`` without port flags) on a free loopback port and wait until its
+    ``/health`` answers; returns (process, base url). Its output goes to ``tmp/<name>.log``."""
+    port_file = tmp / f"{name}.port"
+    log = open(tmp / f"{name}.log", "ab")
+    proc = subprocess.Popen([*argv, "--port", "0", "--port-file", str(port_file)], stdout=log, stderr=log,
+                            env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}; see {tmp / (name + '.log')}")
+        if port_file.exists() and port_file.read_text().strip():
+            url = f"http://127.0.0.1:{port_file.read_text().strip()}"
+            try:
+                if requests.get(url + "/health", timeout=2).ok:
+                    return proc, url
+            except requests.ConnectionError:
+                pass
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{name} did not start within {timeout:.0f} s")

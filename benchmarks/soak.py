@@ -24,7 +24,7 @@ from rkllama_bridge.default_model import ensure_default_model
 from rkllama_bridge.modelfile import render_modelfile
 from rkllama_bridge.tokenizer import TOKENIZER_FILES
 
-from .common import table
+from .common import start_server, table
 
 MODEL = "soak-sim"
 FAST_SIM = ["--sim-decode-tok-s", "400", "--sim-prefill-ms-per-token", "0.05", "--sim-load-s", "0"]
@@ -35,29 +35,6 @@ def _proc_stats(pid: int) -> Tuple[int, int]:
     rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                if line.startswith("VmRSS:"))
     return rss, len(list(Path(f"/proc/{pid}/fd").iterdir()))
-
-
-def _start(argv: List[str], tmp: Path, name: str, env: Dict[str, str] = None) -> Tuple[subprocess.Popen, str]:
-    import os
-
-    port_file = tmp / f"{name}.port"
-    log = open(tmp / f"{name}.log", "ab")
-    proc = subprocess.Popen(argv + ["--port", "0", "--port-file", str(port_file)], stdout=log, stderr=log,
-                            env={**os.environ, **(env or {})})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited; see {tmp / (name + '.log')}")
-        if port_file.exists() and port_file.read_text().strip():
-            url = f"http://127.0.0.1:{port_file.read_text().strip()}"
-            try:
-                if requests.get(url + "/health", timeout=2).ok:
-                    return proc, url
-            except requests.ConnectionError:
-                pass
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"{name} did not start")
 
 
 def _store(root: Path) -> Path:
@@ -125,12 +102,12 @@ def run(seconds: float = 60.0, clients: int = 6) -> str:
         procs, urls = {}, {}
         try:
             for name in ("bridge-a", "bridge-b"):
-                procs[name], urls[name] = _start(bridge, tmp, name)
-            procs["gateway"], urls["gateway"] = _start(
+                procs[name], urls[name] = start_server(bridge, tmp, name)
+            procs["gateway"], urls["gateway"] = start_server(
                 [sys.executable, "-m", "exo_rk", "serve", "--host", "127.0.0.1", "--default-model", MODEL,
                  "--bridge", urls["bridge-a"], "--bridge", urls["bridge-b"], "--log-level", "WARNING"],
                 tmp, "gateway", {"EXO_HOME": str(tmp / "exo-home"), "RKLLM_SERVERS": ""})
-            procs["image"], urls["image"] = _start(
+            procs["image"], urls["image"] = start_server(
                 [sys.executable, "-m", "image_engine", "serve", "--host", "127.0.0.1"], tmp, "image",
                 _image_env(tmp))
             choices = _requests_for(urls)

@@ -106,9 +106,10 @@ class Completion:
                 token = await engine.sample(self._result)
                 await engine.ensure_shard(self.shard)
                 if token.item() == engine.tokenizer.eos_token_id:
-                    self.finish_reason = (
-                        "length" if engine.finish_reason(self.request_id) == "length" else "stop"
-                    )
+                    # "error": the bridge failed after the first token; the engine ended the request
+                    # with EOS (exo's contract) and the client must see that the reply is cut short.
+                    ended = engine.finish_reason(self.request_id)
+                    self.finish_reason = ended if ended in ("length", "error") else "stop"
                     break
                 self.completion_tokens += 1
                 delta = text.push(token.item())
@@ -173,7 +174,11 @@ async def handle_chat(request: web.Request) -> web.StreamResponse:
     except errors.BridgeError as exc:
         return _bridge_error_response(exc)
     if not req.stream:
-        reply = shape_reply("".join([delta async for delta in completion.deltas()]), completion.opened,
+        text = "".join([delta async for delta in completion.deltas()])
+        if completion.finish_reason == "error":
+            return error_response(502, "bridge_failed", f"the bridge failed after {completion.completion_tokens} "
+                                  "tokens; the reply is incomplete (see the gateway log)")
+        reply = shape_reply(text, completion.opened,
                             bool(completion.tools))
         message: Dict[str, Any] = {"role": "assistant",
                                    "content": reply.content if reply.content or not reply.tool_calls else None}
@@ -222,6 +227,10 @@ async def _stream(request: web.Request, completion: Completion) -> web.StreamRes
             await response.write(_part_chunk(completion, part))
         if calls:
             await response.write(completion.chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}))
+        if completion.finish_reason == "error":
+            failure = {"code": "bridge_failed", "message": f"the bridge failed after {completion.completion_tokens} "
+                       "tokens; the reply is incomplete"}
+            await response.write(f"data: {json.dumps({'error': failure})}\n\n".encode())
         await response.write(completion.chunk({}, "tool_calls" if calls else completion.finish_reason))
         if completion.req.include_usage:
             usage = json.loads(completion.chunk({})[6:])

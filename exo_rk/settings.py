@@ -108,7 +108,8 @@ class Settings:
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
         """Read the variables listed in this module's docstring; invalid values raise ValueError."""
         env = os.environ if env is None else env
-        servers_file = Path(env["RKLLM_SERVERS_FILE"]).expanduser() if env.get("RKLLM_SERVERS_FILE") else None
+        raw_file = env.get("RKLLM_SERVERS_FILE")
+        servers_file = Path(raw_file).expanduser() if raw_file else None
         if env.get("RKLLM_SERVERS", "").strip():
             servers = parse_servers(env["RKLLM_SERVERS"])
         elif servers_file is not None:
