@@ -31,6 +31,7 @@ class BridgeConfig:
     rkllm_lib: Optional[str] = None
     rkllm_abi: Optional[str] = None
     preload: tuple = ()
+    request_timeout: Optional[float] = None  # seconds, queue included; None = no deadline
     images: bool = True  # mount the image routes (super-resolution, LCM) under /image
     prefix_reuse: bool = True
     keep_alive: Optional[str] = None  # default keep_alive (Ollama duration); None: 5m
@@ -60,6 +61,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="HTTP worker threads")
     p.add_argument("--max-body-bytes", type=int, default=8 * 2**20, help="request body size cap")
     p.add_argument("--preload", action="append", default=[], help="load this model at start (repeatable)")
+    p.add_argument("--request-timeout", type=float, default=None, help="deadline of each request in seconds, "
+                   "queue included: a request still queued then gets 503, a running one is cut (finish 'timeout')")
     p.add_argument("--no-images", dest="images", action="store_false", help="do not mount the image routes "
                    "(/image/superres, /image/generate, ...; configured by the SR_* and MODEL_ROOT/MODES_PATH env vars)")
     p.add_argument("--sim-profile", default=None, help="sim runtime profile, e.g. qwen2.5-1.5b-rk3588")
@@ -91,6 +94,8 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
     for name in ("queue_max", "instances"):
         if getattr(args, name) < (0 if name == "queue_max" else 1):
             raise SystemExit(f"rkllama-bridge: --{name.replace('_', '-')} must be >= {0 if name == 'queue_max' else 1}")
+    if args.request_timeout is not None and not args.request_timeout > 0:
+        raise SystemExit("rkllama-bridge: --request-timeout must be a positive number of seconds")
     return BridgeConfig(
         models_dir=args.models, runtime=args.runtime, host=args.host, port=args.port, port_file=args.port_file,
         token=args.token or os.environ.get("RKLLAMA_BRIDGE_TOKEN") or None, queue_max=args.queue_max,
@@ -98,6 +103,7 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
         sim_profile=args.sim_profile, sim_decode_tok_s=args.sim_decode_tok_s,
         sim_prefill_ms_per_token=args.sim_prefill_ms_per_token, sim_load_s=args.sim_load_s,
         record_prompts=args.record_prompts, rkllm_lib=args.rkllm_lib, rkllm_abi=args.rkllm_abi,
-        preload=tuple(args.preload), images=args.images, prefix_reuse=args.prefix_reuse, keep_alive=args.keep_alive,
+        preload=tuple(args.preload), images=args.images, request_timeout=args.request_timeout,
+        prefix_reuse=args.prefix_reuse, keep_alive=args.keep_alive,
         max_memory_mb=args.max_memory_mb, state_file=args.state_file, restore=args.restore,
         npu_concurrent=args.npu_concurrent)

@@ -44,7 +44,8 @@ def build_service(config: BridgeConfig) -> BridgeService:
                              record_prompts=config.record_prompts, default_model=default_model,
                              prefix_reuse=config.prefix_reuse, keep_alive_s=keep_alive,
                              max_memory_mb=config.max_memory_mb, npu_concurrent=config.npu_concurrent,
-                             state_file=config.state_file or default_state_path(root, config.port))
+                             state_file=config.state_file or default_state_path(root, config.port),
+                             request_timeout_s=config.request_timeout or None)
     return BridgeService(store, runtime, options)
 
 

@@ -96,6 +96,7 @@ class ServiceOptions:
     max_memory_mb: Optional[float] = None  # evict idle models to stay under this; None = no limit
     state_file: Optional[Path] = None  # where the set of loaded models is kept for restore()
     npu_concurrent: bool = False  # let LLM and image work use the NPU at the same time (see arbiter)
+    request_timeout_s: Optional[float] = None  # deadline of a request, queue included; None = none
 
 
 REAPER_MAX_SLEEP_S = 0.5
@@ -407,13 +408,14 @@ class BridgeService:
         (429) when the queue is full and ClientGone when the client leaves while queued."""
         if not prompt_ids:
             raise BadRequest("the prompt is empty", code="empty_prompt")
+        received = time.monotonic()
+        deadline = received + self.options.request_timeout_s if self.options.request_timeout_s else None
         for _ in range(3):  # the model may be unloaded (keep_alive, eviction) between load and acquire
             entry = self.load(name, keep_alive)
             self._check_prompt(entry.stored, prompt_ids, params)
-            received = time.monotonic()
             self._serving(entry, +1)
             try:
-                handle = self._acquire(entry, client_gone, prompt_ids)
+                handle = self._acquire(entry, _queue_deadline(client_gone, deadline), prompt_ids)
             except BaseException:
                 self._serving(entry, -1)
                 raise
@@ -426,7 +428,7 @@ class BridgeService:
                                    headers={"Retry-After": "1"})
         entry.last_used = time.time()
         self._record(name, prompt_ids)
-        return Generation(self, entry, handle, list(prompt_ids), params, client_gone, received)
+        return Generation(self, entry, handle, list(prompt_ids), params, client_gone, received, deadline)
 
     def _check_prompt(self, stored: StoredModel, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         vocab = stored.tokenizer.vocab_size
@@ -446,13 +448,29 @@ class BridgeService:
             self.metrics.queued(entry.name, -1)
 
 
+def _queue_deadline(client_gone: ClientGoneCheck, deadline: Optional[float]) -> ClientGoneCheck:
+    """The queue's leave-now probe, which also gives up (503) once the request's deadline has passed."""
+    if deadline is None:
+        return client_gone
+
+    def probe() -> bool:
+        if time.monotonic() > deadline:
+            raise ModelUnavailable("the request's deadline passed while it waited for the model (bridge "
+                                   "--request-timeout); retry later", code="deadline_exceeded",
+                                   headers={"Retry-After": "1"})
+        return client_gone()
+
+    return probe
+
+
 class Generation:
     """One running generation: iterate it for events; ``close()`` (called by the WSGI server when the
     client goes away, or by a route that saw a stop string) aborts the runtime and waits for it to stop
     before the handle is given back, so nothing of this request can reach the next one."""
 
     def __init__(self, service: BridgeService, entry: LoadedModel, handle: ModelHandle, prompt_ids: List[int],
-                 params: GenerationParams, client_gone: ClientGoneCheck, received: float):
+                 params: GenerationParams, client_gone: ClientGoneCheck, received: float,
+                 deadline: Optional[float] = None):
         self.service = service
         self.entry = entry
         self.handle = handle
@@ -466,6 +484,8 @@ class Generation:
         self._q: "queue.Queue" = queue.Queue()
         self._released = False
         self._cancelled = False  # aborted by the bridge (client gone, stop string, close)
+        self.deadline = deadline
+        self._timed_out = False
         self._finished = False  # the runtime reported its result
         self._release_lock = threading.Lock()
         self._worker = threading.Thread(target=self._work, name=f"gen-{entry.name}", daemon=True)
@@ -503,6 +523,7 @@ class Generation:
         first_at = last_at = None
         try:
             while True:
+                self._check_deadline()
                 try:
                     item = self._q.get(timeout=0.05)
                 except queue.Empty:
@@ -525,11 +546,19 @@ class Generation:
         finally:
             self._release()
 
+    def _check_deadline(self) -> None:
+        if self.deadline is not None and not self._timed_out and time.monotonic() > self.deadline:
+            log.warning("a %s request passed its deadline after %d tokens: aborting", self.entry.name,
+                        len(self.completion_ids))
+            self._timed_out = True
+            self.handle.abort()
+
     def _done(self, item, detok: IncrementalDetokenizer, first_at, last_at) -> DoneEvent:
         n = len(self.completion_ids)
         error = None
         if isinstance(item, GenerationResult):
-            reason = item.finish_reason
+            # "timeout": cut by the bridge's --request-timeout (OpenAI clients see "length": a limit hit)
+            reason = "timeout" if self._timed_out and item.finish_reason == "abort" else item.finish_reason
         else:
             reason = "error"
             error = {"code": "runtime_error", "message": f"{self.service.runtime.name} runtime: {item}"}

@@ -22,7 +22,7 @@ from .common import client_gone_probe, collect, json_body, model_field, service,
 
 bp = Blueprint("openai", __name__)
 
-FINISH = {"stop": "stop", "length": "length", "abort": "stop", "error": "error"}
+FINISH = {"stop": "stop", "length": "length", "abort": "stop", "error": "error", "timeout": "length"}
 
 
 @bp.get("/v1/models")
