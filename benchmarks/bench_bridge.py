@@ -12,10 +12,9 @@ from pathlib import Path
 import requests
 
 from rkllama_bridge.default_model import ensure_default_model
-from rkllama_bridge.modelfile import render_modelfile
 from rkllama_bridge.runtimes.base import GenerationParams, ModelSpec
-from rkllama_bridge.runtimes.sim import SimRuntime
-from rkllama_bridge.tokenizer import TOKENIZER_FILES, ChatTokenizer
+from rkllama_bridge.runtimes.sim import SimRuntime, write_sim_model
+from rkllama_bridge.tokenizer import ChatTokenizer
 
 from .common import median, start_server, table
 
@@ -24,15 +23,7 @@ PROMPT_TOKENS = 64
 
 
 def _model_dir(root: Path, tokenizer_dir: Path, reply_tokens: int) -> Path:
-    d = root / MODEL
-    d.mkdir(parents=True)
-    for f in TOKENIZER_FILES:
-        if (tokenizer_dir / f).is_file():
-            (d / f).write_bytes((tokenizer_dir / f).read_bytes())
-    (d / f"{MODEL}.rkllm").write_bytes(b"sim")
-    (d / "Modelfile").write_text(render_modelfile({"FROM": f"{MODEL}.rkllm", "NUM_CTX": 8192,
-                                                   "SIM_REPLY_TOKENS": reply_tokens}))
-    return d
+    return write_sim_model(root, MODEL, tokenizer_dir, NUM_CTX=8192, SIM_REPLY_TOKENS=reply_tokens)
 
 
 def _direct(model_dir: Path, tok: ChatTokenizer, profile: str, overrides: dict, prompt, n: int) -> dict:

@@ -15,8 +15,7 @@ from pathlib import Path
 import requests
 
 from rkllama_bridge.default_model import DEFAULT_MODEL_NAME, ensure_default_model
-from rkllama_bridge.modelfile import render_modelfile
-from rkllama_bridge.tokenizer import TOKENIZER_FILES
+from rkllama_bridge.runtimes.sim import write_sim_model
 
 from .common import median, start_server, table
 
@@ -27,14 +26,7 @@ QUESTION = ("Thank you. Now tell me one more fact about the history, the archite
 
 
 def _sim_store(root: Path, tokenizer_dir: Path, reply_tokens: int) -> Path:
-    d = root / SIM_MODEL
-    d.mkdir(parents=True)
-    for f in TOKENIZER_FILES:
-        if (tokenizer_dir / f).is_file():
-            (d / f).write_bytes((tokenizer_dir / f).read_bytes())
-    (d / f"{SIM_MODEL}.rkllm").write_bytes(b"sim")
-    (d / "Modelfile").write_text(render_modelfile({"FROM": f"{SIM_MODEL}.rkllm", "NUM_CTX": 8192,
-                                                   "SIM_REPLY_TOKENS": reply_tokens}))
+    write_sim_model(root, SIM_MODEL, tokenizer_dir, NUM_CTX=8192, SIM_REPLY_TOKENS=reply_tokens)
     return root
 
 

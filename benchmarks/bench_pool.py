@@ -19,9 +19,8 @@ import requests
 from exo_rk.client import BridgeClient, GenerationParams, StreamEnd, TokenEvent
 from exo_rk.pool import BridgePool
 from rkllama_bridge.default_model import ensure_default_model
-from rkllama_bridge.modelfile import render_modelfile
-from rkllama_bridge.runtimes.sim import PROFILES
-from rkllama_bridge.tokenizer import TOKENIZER_FILES, ChatTokenizer
+from rkllama_bridge.runtimes.sim import PROFILES, write_sim_model
+from rkllama_bridge.tokenizer import ChatTokenizer
 
 from .common import percentile, table
 
@@ -36,14 +35,7 @@ REQUESTS_PER_CLIENT = 6
 
 def _store(root: Path, tokenizer_dir: Path) -> Path:
     for name in MODELS:
-        d = root / name
-        d.mkdir(parents=True)
-        for f in TOKENIZER_FILES:
-            if (tokenizer_dir / f).is_file():
-                (d / f).write_bytes((tokenizer_dir / f).read_bytes())
-        (d / f"{name}.rkllm").write_bytes(b"sim")
-        (d / "Modelfile").write_text(render_modelfile({"FROM": f"{name}.rkllm", "NUM_CTX": 4096,
-                                                       "SIM_REPLY_TOKENS": 4 * NEW_TOKENS}))
+        write_sim_model(root, name, tokenizer_dir, NUM_CTX=4096, SIM_REPLY_TOKENS=4 * NEW_TOKENS)
     return root
 
 

@@ -21,8 +21,7 @@ from typing import Dict, List, Tuple
 import requests
 
 from rkllama_bridge.default_model import ensure_default_model
-from rkllama_bridge.modelfile import render_modelfile
-from rkllama_bridge.tokenizer import TOKENIZER_FILES
+from rkllama_bridge.runtimes.sim import write_sim_model
 
 from .common import start_server, table
 
@@ -38,16 +37,9 @@ def _proc_stats(pid: int) -> Tuple[int, int]:
 
 
 def _store(root: Path) -> Path:
-    src = ensure_default_model()
-    d = root / "models" / MODEL
-    d.mkdir(parents=True)
-    for f in TOKENIZER_FILES:
-        if (src / f).is_file():
-            (d / f).write_bytes((src / f).read_bytes())
-    (d / f"{MODEL}.rkllm").write_bytes(b"sim")
-    (d / "Modelfile").write_text(render_modelfile({"FROM": f"{MODEL}.rkllm", "NUM_CTX": 2048,
-                                                   "MAX_NEW_TOKENS": 48, "SIM_REPLY_TOKENS": 32}))
-    return d.parent
+    write_sim_model(root / "models", MODEL, ensure_default_model(), NUM_CTX=2048, MAX_NEW_TOKENS=48,
+                    SIM_REPLY_TOKENS=32)
+    return root / "models"
 
 
 def _image_env(root: Path) -> Dict[str, str]:

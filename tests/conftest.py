@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from rkllama_bridge.default_model import ensure_default_model
-from rkllama_bridge.modelfile import render_modelfile
-from rkllama_bridge.tokenizer import TOKENIZER_FILES, ChatTokenizer
+from rkllama_bridge.runtimes import sim
+from rkllama_bridge.tokenizer import ChatTokenizer
 
 from .support import ServerProcess, bridge_argv
 
@@ -29,17 +28,10 @@ def default_tokenizer(default_model_dir) -> ChatTokenizer:
 
 
 def write_sim_model(root: Path, name: str, tokenizer_dir: Path, **modelfile) -> Path:
-    """A model directory for the sim runtime: a Modelfile, a placeholder .rkllm and real tokenizer files."""
-    d = root / name
-    d.mkdir(parents=True, exist_ok=True)
-    (d / f"{name}.rkllm").write_bytes(b"sim weights placeholder\n")
-    for fname in TOKENIZER_FILES:
-        if (tokenizer_dir / fname).is_file():
-            shutil.copy(tokenizer_dir / fname, d / fname)
-    values = {"FROM": f"{name}.rkllm", "HUGGINGFACE_PATH": "Qwen/Qwen2.5-1.5B-Instruct", "NUM_CTX": 512,
-              "MAX_NEW_TOKENS": 64, "TEMPERATURE": 0.7, **modelfile}
-    (d / "Modelfile").write_text(render_modelfile(values))
-    return d
+    """A sim model with the test suite's defaults (a small context, a Qwen tokenizer repo id)."""
+    values = {"HUGGINGFACE_PATH": "Qwen/Qwen2.5-1.5B-Instruct", "NUM_CTX": 512, "MAX_NEW_TOKENS": 64,
+              "TEMPERATURE": 0.7, **modelfile}
+    return sim.write_sim_model(root, name, tokenizer_dir, **values)
 
 
 @pytest.fixture(scope="session")

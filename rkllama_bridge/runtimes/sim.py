@@ -5,11 +5,15 @@ clients can be tested and benchmarked without a board. Everything it reports is 
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..modelfile import render_modelfile
+from ..tokenizer import TOKENIZER_FILES
 from .base import (
     GenerationParams,
     GenerationResult,
@@ -180,3 +184,17 @@ class SimHandle(ModelHandle):
         self._closed = True
         self.cached_ids = ()
         self._abort.set()
+
+
+def write_sim_model(root: Path, name: str, tokenizer_dir: Path, **modelfile) -> Path:
+    """Write a model directory the sim runtime serves: a Modelfile (``FROM`` plus ``modelfile`` keys, e.g.
+    ``NUM_CTX``, ``SIM_REPLY``, ``SIM_REPLY_TOKENS``), a placeholder weights file and the tokenizer files of
+    ``tokenizer_dir`` (e.g. the embedded default model's). Try a pool or a client without a board this way."""
+    d = Path(root) / name
+    d.mkdir(parents=True, exist_ok=True)
+    for fname in TOKENIZER_FILES:
+        if (Path(tokenizer_dir) / fname).is_file():
+            shutil.copy(Path(tokenizer_dir) / fname, d / fname)
+    (d / f"{name}.rkllm").write_bytes(b"sim weights placeholder\n")
+    (d / "Modelfile").write_text(render_modelfile({"FROM": f"{name}.rkllm", **modelfile}))
+    return d

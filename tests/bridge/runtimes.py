@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Optional, Tuple
 
 from rkllama_bridge.runtimes.sim import DEFAULT_REPLY
@@ -23,8 +24,10 @@ def _rkllm_stub_available() -> bool:
 RUNTIMES = ["sim"] + (["rkllm"] if _rkllm_stub_available() else [])
 
 
-def runtime_options(runtime: str, tokenizer, decode_tok_s: Optional[float] = None) -> Tuple[list, dict]:
-    """(extra CLI args, env) for a bridge whose runtime answers DEFAULT_REPLY at ``decode_tok_s`` (None: at once)."""
+def runtime_options(runtime: str, tokenizer, record: Optional[Path] = None,
+                    decode_tok_s: Optional[float] = None) -> Tuple[list, dict]:
+    """(extra CLI args, env) for a bridge whose runtime answers DEFAULT_REPLY at ``decode_tok_s`` (None: at
+    once); on the stub library every call is also logged to ``record``."""
     if runtime == "sim":
         args = ["--sim-profile", "instant"]
         if decode_tok_s:
@@ -33,5 +36,4 @@ def runtime_options(runtime: str, tokenizer, decode_tok_s: Optional[float] = Non
     from ..native.build import stub_env
 
     delay_ms = int(1000 / decode_tok_s) if decode_tok_s else 0
-    env = stub_env(RKLLM_TEST_ABI, reply_ids=tokenizer.encode(DEFAULT_REPLY), delay_ms=delay_ms)
-    return [], env
+    return [], stub_env(RKLLM_TEST_ABI, reply_ids=tokenizer.encode(DEFAULT_REPLY), delay_ms=delay_ms, record=record)

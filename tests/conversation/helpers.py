@@ -5,30 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import requests
 
 from rkllama_bridge.runtimes.sim import DEFAULT_REPLY
 
-from ..bridge.runtimes import RKLLM_TEST_ABI, RUNTIMES
+from ..bridge.runtimes import RUNTIMES
+from ..bridge.runtimes import runtime_options as runtime_env  # noqa: F401 - used by the tests
 from ..conftest import SIM_MODEL
 
 __all__ = ["RUNTIMES", "SIM_MODEL", "DEFAULT_REPLY", "runtime_env", "read_records", "runs", "openai_chat",
            "ollama_chat", "follow_up"]
-
-
-def runtime_env(runtime: str, tokenizer, record: Optional[Path] = None, decode_tok_s: Optional[float] = None):
-    """(extra CLI args, env) of a bridge answering DEFAULT_REPLY; the stub logs each call to ``record``."""
-    if runtime == "sim":
-        args = ["--sim-profile", "instant"]
-        if decode_tok_s:
-            args += ["--sim-decode-tok-s", str(decode_tok_s)]
-        return args, {}
-    from ..native.build import stub_env
-
-    delay_ms = int(1000 / decode_tok_s) if decode_tok_s else 0
-    return [], stub_env(RKLLM_TEST_ABI, reply_ids=tokenizer.encode(DEFAULT_REPLY), delay_ms=delay_ms, record=record)
 
 
 def read_records(path: Path) -> list:

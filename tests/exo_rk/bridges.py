@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from exo_rk.model_cards import BUILTIN_CARDS, ModelCard
 from exo_rk.settings import Settings
+from rkllama_bridge.runtimes.sim import write_sim_model
 from tests.support import ServerProcess, bridge_argv
 
 SMOL_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -17,15 +17,8 @@ SIM_DECODE_TOK_S = "200"
 
 
 def make_sim_model(root: Path, name: str, smol: Path, reply_tokens: int, max_new: int) -> None:
-    target = root / name
-    target.mkdir(parents=True)
-    for item in smol.iterdir():
-        if item.is_file() and item.name != "Modelfile" and not item.name.startswith("."):
-            shutil.copy(item, target / item.name)
-    (target / "Modelfile").write_text(
-        f'FROM="{name}.rkllm"\nHUGGINGFACE_PATH="{SMOL_REPO}"\nNUM_CTX="8192"\n'
-        f'MAX_NEW_TOKENS="{max_new}"\nTEMPERATURE="0.7"\nSIM_REPLY_TOKENS="{reply_tokens}"\n'
-    )
+    write_sim_model(root, name, smol, HUGGINGFACE_PATH=SMOL_REPO, NUM_CTX=8192, MAX_NEW_TOKENS=max_new,
+                    TEMPERATURE=0.7, SIM_REPLY_TOKENS=reply_tokens)
 
 
 class RecordingBridge(ServerProcess):
