@@ -258,18 +258,9 @@ def _rknn_usable() -> bool:
     return os.environ.get("IMAGE_ENGINE_FAKE_RKNN") == "1" or importlib.util.find_spec("rknnlite") is not None
 
 
-_ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-              "tensor(float16)": np.float16, "tensor(double)": np.float64}
-
-
 def _input_dtype(rt: ModelRuntime, name: str, default) -> np.dtype:
     """The declared type of input ``name`` (exports differ: int64, int32 or float timesteps)."""
-    session = getattr(rt, "_session", None)  # onnxruntime declares types; RKNNLite converts on its own
-    if session is not None and hasattr(session, "get_inputs"):
-        for meta in session.get_inputs():
-            if meta.name == name and meta.type in _ORT_TYPES:
-                return np.dtype(_ORT_TYPES[meta.type])
-    return np.dtype(default)
+    return rt.input_dtype(name) or np.dtype(default)
 
 
 def _fixed_size(files: ModelFiles, unet: ModelRuntime,

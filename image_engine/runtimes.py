@@ -48,6 +48,11 @@ class ModelRuntime(abc.ABC):
     def close(self) -> None:
         """Release the model; calling it again does nothing."""
 
+    def input_dtype(self, name: str) -> Optional[np.dtype]:
+        """The element type the model declares for input ``name``, when the backend can tell (RKNNLite
+        converts inputs to the model's own type and does not say)."""
+        return None
+
     def describe(self) -> dict:
         """A JSON-friendly summary for health and status endpoints."""
         return {"path": str(self.path), "backend": self.backend, "inputs": list(self.input_names),
@@ -58,6 +63,10 @@ class ModelRuntime(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
+              "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 class OnnxRuntime(ModelRuntime):
@@ -82,6 +91,11 @@ class OnnxRuntime(ModelRuntime):
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.input_shapes = [list(i.shape) for i in self._session.get_inputs()]
+        self._input_types = {i.name: _ORT_TYPES.get(i.type) for i in self._session.get_inputs()}
+
+    def input_dtype(self, name: str) -> Optional[np.dtype]:
+        kind = self._input_types.get(name)
+        return np.dtype(kind) if kind is not None else None
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self._session is None:
@@ -181,6 +195,9 @@ class GatedRuntime(ModelRuntime):
     def run(self, feeds: dict) -> list:
         with self.gate():
             return self.inner.run(feeds)
+
+    def input_dtype(self, name: str) -> Optional[np.dtype]:
+        return self.inner.input_dtype(name)
 
     def close(self) -> None:
         self.inner.close()
