@@ -13,6 +13,7 @@ from aiohttp import web
 
 from exo_rk import __version__
 from exo_rk.model_cards import IMAGE_MODEL_IDS
+from rkllama_bridge.openapi import document
 
 JSON = "application/json"
 OPEN_ROUTES = {("get", "/health")}
@@ -75,19 +76,10 @@ def build_spec() -> Dict[str, Any]:
         "/metrics": {"get": _op("Prometheus text of the bridge pool", {"text/plain": {"type": "string"}})},
         "/openapi.json": {"get": _op("this document", {JSON: {"type": "object"}})},
     }
-    for path, ops in paths.items():
-        for method, op in ops.items():
-            ops[method] = {**op, "security": [] if (method, path) in OPEN_ROUTES else [{"bearer": []}]}
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "exo-rk gateway", "version": __version__,
-                 "description": "OpenAI-compatible chat over RKLLM bridges. With --api-token, every route except "
-                                "GET /health (this document included) needs 'Authorization: Bearer <token>'; "
-                                "errors are {\"error\": {\"code\", \"message\", \"type\"}}."},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-                       "schemas": {"Error": ERROR}},
-        "paths": paths,
-    }
+    return document("exo-rk gateway", __version__,
+                    "OpenAI-compatible chat over RKLLM bridges. With --api-token, every route except GET /health "
+                    "(this document included) needs 'Authorization: Bearer <token>'; errors are "
+                    "{\"error\": {\"code\", \"message\", \"type\"}}.", paths, ERROR, OPEN_ROUTES)
 
 
 async def handle_openapi(request: web.Request) -> web.Response:

@@ -130,24 +130,31 @@ def _image_paths() -> Dict[str, Dict[str, Any]]:
             if path not in ("/health", "/openapi.json")}
 
 
+def document(title: str, version: str, description: str, paths: Dict[str, Dict[str, Any]],
+             error_schema: Dict[str, Any], open_routes=OPEN_ROUTES) -> Dict[str, Any]:
+    """An OpenAPI 3.0 document around ``paths``: every operation needs the bearer token except
+    ``open_routes`` ((method, path) pairs). Shared by the bridge and the gateway."""
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            ops[method] = {**op, "security": [] if (method, path) in open_routes else [{"bearer": []}]}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": title, "version": version, "description": description},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                       "schemas": {"Error": error_schema}},
+        "paths": paths,
+    }
+
+
 def build_spec(images: bool = False) -> Dict[str, Any]:
     """The OpenAPI 3.0 document of the bridge's routes; with ``images``, also the image routes it mounts."""
     paths = _paths()
     if images:
         paths.update(_image_paths())
-    for path, ops in paths.items():
-        for method, op in ops.items():
-            op["security"] = [] if (method, path) in OPEN_ROUTES else [{"bearer": []}]
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "rkllama-bridge", "version": __version__,
-                 "description": "rkllama, Ollama, OpenAI and native routes over RKLLM. When the bridge runs with "
-                                "--token, every route except GET /health (this document included) needs "
-                                "'Authorization: Bearer <token>'; errors are {\"error\": {\"code\", \"message\"}}."},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-                       "schemas": {"Error": ERROR}},
-        "paths": paths,
-    }
+    return document("rkllama-bridge", __version__,
+                    "rkllama, Ollama, OpenAI and native routes over RKLLM. When the bridge runs with --token, every "
+                    "route except GET /health (this document included) needs 'Authorization: Bearer <token>'; "
+                    "errors are {\"error\": {\"code\", \"message\"}}.", paths, ERROR)
 
 
 @bp.get("/openapi.json")
