@@ -9,9 +9,25 @@ from typing import Any, Dict, List, Optional, Tuple
 class InvalidRequest(ValueError):
     """The body is not a valid chat completion request; the message names the field."""
 
+    status = 400
+    code = "invalid_request"
+
     def __init__(self, message: str, param: Optional[str] = None):
         super().__init__(message)
         self.param = param
+
+
+class PromptTooLarge(InvalidRequest):
+    """The conversation has more characters than the gateway templates and tokenizes."""
+
+    status = 413
+    code = "prompt_too_large"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """The prompt and the room asked for the reply do not fit the model's context (``NUM_CTX``)."""
+
+    code = "context_length_exceeded"
 
 
 @dataclass(frozen=True)
@@ -124,3 +140,28 @@ def parse_chat_request(body: Any, default_model: str) -> ChatRequest:
         stop=_stop(body),
         include_usage=bool(options.get("include_usage")),
     )
+
+
+def check_prompt_chars(req: ChatRequest, tools: Optional[list], limit: int) -> None:
+    """Refuse a conversation (messages and tool definitions) longer than ``limit`` characters: counted
+    before anything is templated or tokenized, so an oversized prompt costs no CPU."""
+    chars = sum(len(m["content"]) for m in req.messages)
+    if tools:
+        chars += sum(len(str(tool)) for tool in tools)
+    if chars > limit:
+        raise PromptTooLarge(f"the conversation has {chars:,} characters; this gateway takes at most {limit:,} "
+                             f"(RKLLM_MAX_PROMPT_CHARS)", "messages")
+
+
+def check_context(prompt_tokens: int, max_tokens: Optional[int], num_ctx: Optional[int], model: str) -> None:
+    """The bridge's own context rule, applied before anything is sent: the prompt must leave room for at
+    least one token, and an explicit ``max_tokens`` must fit what is left (without one the bridge
+    shortens its default to fit)."""
+    if not num_ctx:
+        return
+    room = num_ctx - prompt_tokens
+    if room < 1 or (max_tokens is not None and max_tokens > room):
+        asked = f" + max_tokens {max_tokens}" if max_tokens is not None else ""
+        raise ContextLengthExceeded(f"the prompt of {prompt_tokens:,} tokens{asked} does not fit the context of "
+                                    f"{num_ctx:,} tokens of model {model}; shorten the conversation"
+                                    + (" or lower max_tokens" if max_tokens is not None else ""), "messages")

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from exo_rk.engine import RKLLMInferenceEngine
 from exo_rk.gateway import create_app
+from exo_rk.gateway_server import GatewayRunner
 from exo_rk.model_cards import DEFAULT_MODEL_ID
 from exo_rk.settings import MODES, Settings, parse_servers
 
@@ -75,7 +76,7 @@ async def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and not api_token:
         log.warning("binding %s without --api-token: anyone on the network can use this gateway", host)
     engine = RKLLMInferenceEngine(None, settings=settings)
-    runner = web.AppRunner(create_app(engine, default_model, api_token))
+    runner = GatewayRunner(create_app(engine, default_model, api_token))
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

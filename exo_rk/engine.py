@@ -264,6 +264,11 @@ class RKLLMInferenceEngine(InferenceEngine):
         available = set(names)
         return [mid for mid, card in self.cards.items() if card.bridge_model in available]
 
+    def loaded_info(self, model_id: str) -> Optional[ModelInfo]:
+        """What the bridge said about a model this engine loaded (None before ``ensure_shard``)."""
+        loaded = self._models.get(model_id)
+        return loaded.info if loaded is not None else None
+
     def request_ids(self) -> List[str]:
         """Ids of the requests currently held (for diagnostics and tests)."""
         return self._requests.ids()

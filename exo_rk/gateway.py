@@ -1,29 +1,35 @@
 """``exo-rk serve``: an OpenAI-compatible HTTP API over ``RKLLMInferenceEngine``, for use without exo.
 
 Each chat completion drives the engine through the calls exo's node makes (template with the model's
-tokenizer, ``infer_prompt``, then ``sample`` / ``infer_tensor`` per token until EOS), so the gateway and
-exo exercise the same engine path. Routes: ``POST /v1/chat/completions`` (JSON or SSE ending with
+tokenizer, encode, the (1, N) ``infer_tensor`` call — what ``infer_prompt`` does —, then ``sample`` /
+``infer_tensor`` per token until EOS), so the gateway and exo exercise the same engine path. Templating,
+tokenizing and parsing large bodies run on worker threads (``exo_rk.gateway_body``), after a character
+limit and before the context budget is checked, so no prompt stalls the other streams and nothing that
+cannot fit is sent to a bridge. A client that hangs up, streamed or not, cancels its handler, which
+aborts the generation on the board. Routes: ``POST /v1/chat/completions`` (JSON or SSE ending with
 ``data: [DONE]``; ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``, usage), ``GET /v1/models``,
-``GET /health``. Errors are ``{"error": {"code", "message", "type"}}`` with a 4xx/5xx status.
+``GET /health``. Errors: see ``exo_rk.gateway_errors``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import time
-import uuid
-from typing import Any, AsyncIterator, Dict, Optional
+from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 
 import numpy as np
 from aiohttp import web
 
 from exo_rk import errors
-from exo_rk.chat_request import ChatRequest, InvalidRequest, parse_chat_request
+from exo_rk.chat_request import ChatRequest, InvalidRequest, check_context, check_prompt_chars, parse_chat_request
 from exo_rk.compat import full_shard
 from exo_rk.detok import TextStream
 from exo_rk.engine import STATE_MESSAGES, STATE_PARAMS, RKLLMInferenceEngine
+from exo_rk.gateway_body import InvalidBody, install_workers, read_json, run_cpu
+from exo_rk.gateway_errors import add_request_id, bridge_error_response, error_response, json_errors, request_id
 from exo_rk.gateway_images import handle_image_generations
 from exo_rk.openapi import OPEN_ROUTES, handle_openapi
 from exo_rk.tokenizer_store import encode_prompt
@@ -37,35 +43,17 @@ ENGINE_KEY = web.AppKey("engine", RKLLMInferenceEngine)
 DEFAULT_MODEL_KEY = web.AppKey("default_model", str)
 
 
-def error_response(status: int, code: str, message: str, headers: Optional[dict] = None) -> web.Response:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return web.json_response(
-        {"error": {"code": code, "message": message, "type": kind}}, status=status, headers=headers
-    )
-
-
-def _bridge_error_response(exc: errors.BridgeError) -> web.Response:
-    if isinstance(exc, errors.ModelNotFound):
-        return error_response(404, exc.code or "model_not_found", str(exc))
-    if isinstance(exc, errors.BridgeBusy):
-        retry = {"Retry-After": str(int(exc.retry_after or 1))}
-        return error_response(429, "bridge_busy", str(exc), headers=retry)
-    if isinstance(exc, errors.BadBridgeRequest):
-        return error_response(400, exc.code or "bad_request", str(exc))
-    if isinstance(exc, errors.BridgeUnavailable):
-        return error_response(503, "bridge_unavailable", str(exc))
-    return error_response(502, exc.code or "bridge_error", str(exc))
-
 
 class Completion:
     """One chat completion: started (first token in hand) by ``start``, then iterated for text deltas."""
 
-    def __init__(self, engine: RKLLMInferenceEngine, req: ChatRequest, tools: Optional[list] = None):
+    def __init__(self, engine: RKLLMInferenceEngine, req: ChatRequest, tools: Optional[list] = None, *,
+                 request_id: str):
         self.engine = engine
         self.req = req
         self.tools = tools or []
         self.opened = False  # the prompt leaves the model inside a <think> block
-        self.request_id = uuid.uuid4().hex
+        self.request_id = request_id
         self.created = int(time.time())
         self.shard = full_shard(req.model, engine.card_for(req.model).layers)
         self.prompt_tokens = 0
@@ -75,15 +63,23 @@ class Completion:
         self._state: Optional[dict] = None
         self.text: Optional[TextStream] = None
 
-    async def start(self) -> None:
-        """Template, encode and run the (1, N) call; raises before anything is sent to the client."""
+    def _prompt(self, tokenizer: Any) -> Tuple[List[Dict[str, Any]], str, List[int]]:
+        """(messages, templated prompt, token ids): CPU work, run on a worker thread."""
+        messages, extra = chat_inputs(self.req.messages, self.tools, getattr(tokenizer, "chat_template", None))
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+        return messages, prompt, encode_prompt(tokenizer, prompt)
+
+    async def start(self, app: web.Application) -> None:
+        """Template and encode (on ``app``'s worker threads), check the context budget, run the (1, N)
+        call; raises before anything is sent to the client."""
         engine, req = self.engine, self.req
         await engine.ensure_shard(self.shard)
         tokenizer = engine.tokenizer
-        messages, extra = chat_inputs(req.messages, self.tools, getattr(tokenizer, "chat_template", None))
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+        messages, prompt, ids = await run_cpu(app, self._prompt, tokenizer)
         self.opened = prompt_opens_think(prompt[-64:])
-        self.prompt_tokens = len(encode_prompt(tokenizer, prompt))
+        self.prompt_tokens = len(ids)
+        info = engine.loaded_info(req.model)
+        check_context(len(ids), req.max_tokens, info.num_ctx if info else None, req.model)
         params = {
             k: v
             for k, v in (
@@ -95,7 +91,8 @@ class Completion:
             if v is not None
         }
         state = {STATE_PARAMS: params, STATE_MESSAGES: messages}
-        self._result, self._state = await engine.infer_prompt(self.request_id, self.shard, prompt, state)
+        tokens = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        self._result, self._state = await engine.infer_tensor(self.request_id, self.shard, tokens, state)
         self.text = TextStream(tokenizer, req.stop)
 
     async def deltas(self) -> AsyncIterator[str]:
@@ -151,60 +148,71 @@ class Completion:
 
 
 async def handle_chat(request: web.Request) -> web.StreamResponse:
+    started = await _start_completion(request)
+    if isinstance(started, web.Response):
+        return started
+    if started.req.stream:
+        return await _stream(request, started)
+    return await _whole_reply(started)
+
+
+async def _start_completion(request: web.Request) -> "Completion | web.Response":
+    """A started completion (its first token in hand), or the error answer that refuses the request."""
     engine = request.app[ENGINE_KEY]
     try:
-        body = await request.json()
-    except ValueError:
-        return error_response(400, "invalid_json", "the body is not valid JSON")
-    try:
+        body = await read_json(request)
         req = parse_chat_request(body, request.app[DEFAULT_MODEL_KEY])
-    except InvalidRequest as exc:
-        return error_response(400, "invalid_request", str(exc))
-    if req.model not in engine.cards:
-        await _discover(engine)
-    try:
         tools = validate_tools(body.get("tools"), body.get("tool_choice"))
+        check_prompt_chars(req, tools, engine.settings.max_prompt_chars)
+    except InvalidBody as exc:
+        return error_response(400, "invalid_json", str(exc))
+    except InvalidRequest as exc:
+        return error_response(exc.status, exc.code, str(exc))
     except BadRequest as exc:
         return error_response(400, exc.code, exc.message)
+    rid = request_id(request)
     try:
-        completion = Completion(engine, req, tools)
-        await completion.start()
+        if req.model not in engine.cards:
+            await engine.discover_models()  # a bridge model without a card gets one
+        completion = Completion(engine, req, tools, request_id=rid)
+        await completion.start(request.app)
+    except InvalidRequest as exc:
+        return error_response(exc.status, exc.code, str(exc))
     except errors.UnknownModel as exc:
         return error_response(404, "model_not_found", str(exc))
     except errors.BridgeError as exc:
-        return _bridge_error_response(exc)
-    if not req.stream:
+        return bridge_error_response(exc, rid)
+    return completion
+
+
+async def _whole_reply(completion: Completion) -> web.Response:
+    """The non-streamed answer. A client that hangs up meanwhile cancels this handler (the app's
+    ``handler_cancellation``), which closes the deltas and so aborts the board's generation."""
+    try:
         text = "".join([delta async for delta in completion.deltas()])
-        if completion.finish_reason == "error":
-            return error_response(502, "bridge_failed", f"the bridge failed after {completion.completion_tokens} "
-                                  "tokens; the reply is incomplete (see the gateway log)")
-        reply = shape_reply(text, completion.opened,
-                            bool(completion.tools))
-        message: Dict[str, Any] = {"role": "assistant",
-                                   "content": reply.content if reply.content or not reply.tool_calls else None}
-        if reply.reasoning:
-            message["reasoning_content"] = reply.reasoning
-        if reply.tool_calls:
-            message["tool_calls"] = reply.tool_calls
-        return web.json_response(
-            {
-                "id": f"chatcmpl-{completion.request_id}",
-                "object": "chat.completion",
-                "created": completion.created,
-                "model": req.model,
-                "system_fingerprint": "exo-rk",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": message,
-                        "logprobs": None,
-                        "finish_reason": "tool_calls" if reply.tool_calls else completion.finish_reason,
-                    }
-                ],
-                "usage": completion.usage(),
-            }
-        )
-    return await _stream(request, completion)
+    except asyncio.CancelledError:
+        log.info("client left request %s before its reply; generation aborted", completion.request_id)
+        raise
+    if completion.finish_reason == "error":
+        return error_response(502, "bridge_failed", f"the bridge failed after {completion.completion_tokens} "
+                              f"tokens; the reply is incomplete (request id {completion.request_id})")
+    reply = shape_reply(text, completion.opened, bool(completion.tools))
+    message: Dict[str, Any] = {"role": "assistant",
+                               "content": reply.content if reply.content or not reply.tool_calls else None}
+    if reply.reasoning:
+        message["reasoning_content"] = reply.reasoning
+    if reply.tool_calls:
+        message["tool_calls"] = reply.tool_calls
+    finish = "tool_calls" if reply.tool_calls else completion.finish_reason
+    return web.json_response({
+        "id": f"chatcmpl-{completion.request_id}",
+        "object": "chat.completion",
+        "created": completion.created,
+        "model": completion.req.model,
+        "system_fingerprint": "exo-rk",
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": completion.usage(),
+    })
 
 
 def _part_chunk(completion: Completion, part: tuple) -> bytes:
@@ -239,6 +247,9 @@ async def _stream(request: web.Request, completion: Completion) -> web.StreamRes
         await response.write(b"data: [DONE]\n\n")
     except ConnectionResetError:
         log.info("client left request %s; generation aborted", completion.request_id)
+    except asyncio.CancelledError:  # the hang-up noticed while waiting for a token
+        log.info("client left request %s; generation aborted", completion.request_id)
+        raise
     finally:
         await deltas.aclose()
     return response
@@ -282,19 +293,6 @@ async def handle_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler) -> web.StreamResponse:
-    """aiohttp's own errors (404, 405, 413...) answer the same JSON shape as the handlers' errors."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = (exc.reason or "error").lower().replace(" ", "_")
-        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate", "Retry-After")}
-        return error_response(exc.status, code, exc.text or exc.reason, headers=headers)
-
-
 def token_middleware(token: str):
     """Every route but ``/health`` answers 401 without ``Authorization: Bearer <token>``."""
     expected = f"Bearer {token}".encode()
@@ -318,7 +316,11 @@ def create_app(
     """The gateway's aiohttp application; the engine is cleaned up when the app shuts down. With
     ``token``, every route but ``/health`` needs ``Authorization: Bearer <token>``."""
     middlewares = [json_errors] + ([token_middleware(token)] if token else [])
-    app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=middlewares)
+    # handler_cancellation: a client that hangs up cancels its handler, which aborts its generation
+    app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=middlewares,
+                          handler_args={"handler_cancellation": True})
+    app.on_response_prepare.append(add_request_id)
+    install_workers(app)
     app[ENGINE_KEY] = engine
     app[DEFAULT_MODEL_KEY] = default_model
     app.router.add_post("/v1/chat/completions", handle_chat)

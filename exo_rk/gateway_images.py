@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import time
-import uuid
 from typing import Any, Dict
 
 from aiohttp import web
@@ -14,6 +13,8 @@ from PIL import Image
 
 from exo_rk import errors
 from exo_rk.compat import full_shard
+from exo_rk.gateway_body import read_json
+from exo_rk.gateway_errors import bridge_error_response, error_response, request_id
 from exo_rk.model_cards import IMAGE_MODEL_IDS
 
 DEFAULT_IMAGE_MODEL = "stable-diffusion-2-1-base"
@@ -52,23 +53,23 @@ def parse_image_request(body: Any) -> Dict[str, Any]:
 
 
 async def handle_image_generations(request: web.Request) -> web.Response:
-    from exo_rk.gateway import ENGINE_KEY, _bridge_error_response, error_response
+    from exo_rk.gateway import ENGINE_KEY
     from exo_rk.image_engine import ImageGenerationError, ImageRequestRefused, generate_like_exo
 
     try:
-        req = parse_image_request(await request.json())
-    except ValueError as exc:  # JSON errors are ValueErrors too
+        req = parse_image_request(await read_json(request))
+    except ValueError as exc:  # InvalidBody (not JSON) is a ValueError too
         return error_response(400, "invalid_request", str(exc))
     engine = request.app[ENGINE_KEY]
     try:
         image, _state = await generate_like_exo(engine, full_shard(req["model"], IMAGE_LAYERS), req["prompt"],
-                                                request_id=uuid.uuid4().hex, params=req["params"])
+                                                request_id=request_id(request), params=req["params"])
     except ImageRequestRefused as exc:  # the image server's own validation (size, steps, mode)
         return error_response(400, "invalid_request", str(exc))
     except ImageGenerationError as exc:
         return error_response(502, "image_generation_failed", str(exc))
     except errors.BridgeError as exc:
-        return _bridge_error_response(exc)
+        return bridge_error_response(exc, request_id(request))
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "PNG")
     return web.json_response({"created": int(time.time()),

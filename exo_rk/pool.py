@@ -12,12 +12,19 @@ bridge (``pick``):
   ``outstanding / instances`` wins; outstanding counts this pool's requests plus the work other clients
   put on the bridge (``/health``'s busy + queued at the last check).
 - **Health**: every bridge is probed (``GET /health``) every ``health_interval`` seconds; a bridge that fails
-  a probe or breaks a request is ejected at once and probed again with exponential backoff, so a restarted
-  bridge is found again. When every bridge is down a request fails at once with ``NoBridgeAvailable``
-  (a ``BridgeUnavailable``, which the gateway answers with 503).
+  a probe or breaks a request is ejected at once and probed again with exponential backoff capped at
+  ``max_backoff`` (a few seconds: a probe of a dead address is one refused connect), so a restarted
+  bridge is used again promptly. When every bridge is down the pool probes them all on demand, and a
+  request that still finds none fails at once with ``NoBridgeAvailable`` (a ``BridgeUnavailable``, which
+  the gateway answers with 503).
 - **Failover only before the first token**: a refused, busy or broken attempt is retried on another
-  bridge while nothing has been handed to the caller; once a token went out, a failure ends the stream
-  with the error (the engine turns it into a logged end-of-stream), so no text is ever generated twice.
+  bridge while nothing has been handed to the caller; so is an attempt whose bridge is ejected while it
+  waits for its first token, and one whose bridge stays silent past its first-token budget
+  (``exo_rk.first_token``: the bridge's measured prefill speed times the prompt length, between
+  ``first_token_floor`` and ``first_token_cap``) while another bridge could take it. Leaving an attempt
+  closes its connection, which makes that bridge abort it. Once a token went out, a failure ends the
+  stream with the error (the engine turns it into a logged end-of-stream), so no text is ever generated
+  twice.
 - **Deadlines**: ``first_token_timeout`` bounds the whole search for a bridge and its first token,
   ``request_timeout`` the whole request.
 
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -37,6 +45,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List
 
 from exo_rk import errors
 from exo_rk.client import BridgeClient, GenerationParams, ModelInfo, OneShotReply, StreamEnd, StreamEvent
+from exo_rk.first_token import PrefillRate, first_token_budget
 from exo_rk.settings import Settings, parse_servers
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,15 @@ class NoBridgeAvailable(errors.BridgeUnavailable):
 
 class DeadlineExceeded(errors.BridgeUnavailable):
     """The request's deadline passed before it could be served or finished."""
+
+
+class BridgeEjected(errors.BridgeUnavailable):
+    """The bridge was ejected while this attempt waited for its first token."""
+
+
+class FirstTokenLate(errors.BridgeUnavailable):
+    """The bridge sent no first token within the attempt's budget; another bridge is free to try. Not a
+    reason to eject the bridge: its health checks decide that."""
 
 
 class Bridge:
@@ -72,6 +90,9 @@ class Bridge:
         self.ended = 0  # requests of this pool ended since the last probe (the bridge may still count them)
         self.by_model: Dict[str, int] = collections.Counter()
         self.uptime: Optional[float] = None
+        self.prefill = PrefillRate()
+        # one future per attempt waiting for its first token here; resolved (with why) on ejection
+        self.starting: set[asyncio.Future] = set()
         # backoff state for probes
         self.next_check = 0.0
         self.backoff = 0.0
@@ -135,12 +156,15 @@ class BridgePool:
     def __init__(self, servers: Iterable[str], *, token: Optional[str] = None, connect_timeout: float = 5.0,
                  stream_read_timeout: float = 300.0, first_token_timeout: float = 300.0,
                  request_timeout: Optional[float] = None, health_interval: float = 2.0,
-                 health_timeout: float = 2.0, min_backoff: float = 0.25, max_backoff: float = 10.0,
+                 health_timeout: float = 2.0, min_backoff: float = 0.25, max_backoff: float = 2.0,
+                 first_token_floor: float = 10.0, first_token_cap: float = 120.0,
                  servers_file: Optional[Path] = None):
         self.token = token
         self.connect_timeout = connect_timeout
         self.stream_read_timeout = stream_read_timeout
         self.first_token_timeout = first_token_timeout
+        self.first_token_floor = first_token_floor
+        self.first_token_cap = first_token_cap
         self.request_timeout = request_timeout
         self.health_interval = health_interval
         self.health_timeout = health_timeout
@@ -167,6 +191,7 @@ class BridgePool:
                    stream_read_timeout=max(settings.first_token_timeout, settings.token_timeout),
                    first_token_timeout=settings.first_token_timeout, request_timeout=settings.request_timeout,
                    health_interval=settings.health_interval, max_backoff=settings.health_max_backoff,
+                   first_token_floor=settings.first_token_floor, first_token_cap=settings.first_token_cap,
                    servers_file=settings.servers_file)
 
     def __repr__(self) -> str:
@@ -287,7 +312,10 @@ class BridgePool:
 
     def _mark_down(self, bridge: Bridge, why: str, probed: bool = False) -> None:
         """Eject ``bridge`` (if it was up) and schedule its next probe. The wait doubles with each failed
-        probe (not with each failed request: a burst of broken streams is one outage)."""
+        probe (not with each failed request: a burst of broken streams is one outage). Attempts still waiting
+        for their first token there are told at once, so they move to another bridge."""
+        for waiter in [w for w in bridge.starting if not w.done()]:
+            waiter.set_result(why)
         if bridge.healthy:
             bridge.ejections += 1
             log.warning("pool: bridge %s ejected: %s", bridge.url, why)
@@ -306,7 +334,7 @@ class BridgePool:
     def _failed(self, bridge: Bridge, exc: BaseException) -> None:
         """Passive health: count the error; a bridge that cannot be reached is ejected at once."""
         bridge.errors[type(exc).__name__] += 1
-        if isinstance(exc, errors.BridgeUnavailable) and not isinstance(exc, DeadlineExceeded):
+        if isinstance(exc, errors.BridgeUnavailable) and not isinstance(exc, (DeadlineExceeded, FirstTokenLate)):
             self._mark_down(bridge, str(exc))
         elif isinstance(exc, errors.ModelNotFound):
             bridge.store = None  # its store changed under us: re-read it at the next probe
@@ -374,7 +402,9 @@ class BridgePool:
                 for kind in (errors.BridgeBusy, errors.ModelNotFound):
                     if all(isinstance(f, kind) for f in failures):
                         raise failures[-1] from None
-                raise NoBridgeAvailable(f"{exc}; last error: {failures[-1]}") from failures[-1]
+                log.warning("pool: no bridge left for %s after %d attempts; last error: %s", model, len(failures),
+                            failures[-1])
+                raise NoBridgeAvailable(exc.message) from failures[-1]
             raise
 
     # -- generation ---------------------------------------------------------------------------------
@@ -396,10 +426,11 @@ class BridgePool:
         failures: List[BaseException] = []
         while True:
             bridge = await self._candidate(model, tried, failures)
+            budget = self._first_token_budget(bridge, model, len(prompt_token_ids))
             bridge.begin(model)
             events = bridge.client.stream(model, prompt_token_ids, params)
             try:
-                first = await self._first_event(events, first_deadline, model, bridge)
+                first = await self._first_event(events, model, bridge, budget, first_deadline, tried)
                 break
             except BaseException as exc:
                 bridge.end(model)
@@ -415,6 +446,7 @@ class BridgePool:
         try:
             yield first
             if isinstance(first, StreamEnd):
+                bridge.prefill.record(first)
                 return
             while True:
                 try:
@@ -429,20 +461,62 @@ class BridgePool:
                     raise
                 yield event
                 if isinstance(event, StreamEnd):
+                    bridge.prefill.record(event)
                     return
         finally:
             bridge.end(model)
             await events.aclose()
 
-    async def _first_event(self, events: AsyncIterator[StreamEvent], deadline: float, model: str,
-                           bridge: Bridge) -> StreamEvent:
+    def _first_token_budget(self, bridge: Bridge, model: str, prompt_tokens: int) -> float:
+        """Seconds this attempt may wait for its first token before another bridge is tried (see
+        ``exo_rk.first_token``); the cap when the bridge must load the model or queue the request."""
+        if model not in bridge.loaded or bridge.saturated(model):
+            return self.first_token_cap
+        return first_token_budget(prompt_tokens, bridge.prefill.ms_per_token, floor=self.first_token_floor,
+                                  cap=self.first_token_cap)
+
+    def _has_alternative(self, model: str, exclude: Sequence[Bridge]) -> bool:
         try:
-            first = await _next_within(events, _left(deadline))
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded(f"no first token for {model!r} within its deadline "
-                                   f"({self.first_token_timeout:g} s)", url=bridge.url) from None
+            self.pick(model, exclude)
+        except (NoBridgeAvailable, errors.ModelNotFound):
+            return False
+        return True
+
+    async def _first_event(self, events: AsyncIterator[StreamEvent], model: str, bridge: Bridge,
+                           budget: float, deadline: float, tried: Sequence[Bridge]) -> StreamEvent:
+        """The attempt's first event. Raises ``BridgeEjected`` when the bridge is ejected meanwhile and
+        ``FirstTokenLate`` when it stays silent past ``budget`` seconds while another bridge could take
+        the request (with nowhere else to go it keeps waiting, up to the request's first-token
+        ``deadline``)."""
+        ejected = asyncio.get_running_loop().create_future()
+        bridge.starting.add(ejected)
+        pending = asyncio.ensure_future(events.__anext__())
+        patience = min(deadline, time.monotonic() + budget)
+        try:
+            while not pending.done():
+                await asyncio.wait((pending, ejected), timeout=_left(patience),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if pending.done():
+                    break
+                if ejected.done():
+                    raise BridgeEjected(f"bridge ejected before the first token: {ejected.result()}",
+                                        url=bridge.url)
+                if time.monotonic() >= deadline:
+                    raise DeadlineExceeded(f"no first token for {model!r} within its deadline "
+                                           f"({self.first_token_timeout:g} s)", url=bridge.url)
+                if time.monotonic() >= patience:
+                    if self._has_alternative(model, [*tried, bridge]):
+                        raise FirstTokenLate(f"no first token within {budget:.1f} s", url=bridge.url)
+                    patience = deadline
+            first = pending.result()
         except StopAsyncIteration:
             raise errors.BridgeProtocolError("stream ended before its first line", url=bridge.url) from None
+        finally:
+            bridge.starting.discard(ejected)
+            if not pending.done():
+                pending.cancel()  # leaves the stream: its connection closes and the bridge aborts
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
         if isinstance(first, StreamEnd) and first.finish_reason == "error":
             # The runtime failed before producing anything: nothing reached the caller, so retrying is safe.
             raise errors.BridgeUnavailable(f"bridge failed before the first token: {first.error}",

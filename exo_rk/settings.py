@@ -7,12 +7,18 @@ Environment variables (documented once, here):
 - ``RKLLM_SERVERS_FILE``: a file of bridges, one ``host:port`` per line (``#`` comments); used when
   ``RKLLM_SERVERS`` is empty, and re-read by the pool when it changes (bridges join and leave at run time).
 - ``RKLLM_HEALTH_INTERVAL``: seconds between health checks of each bridge in a pool (default 2).
-- ``RKLLM_HEALTH_MAX_BACKOFF``: longest wait between checks of a bridge that is down (default 10).
+- ``RKLLM_HEALTH_MAX_BACKOFF``: longest wait between checks of a bridge that is down (default 2), which is
+  also the longest a restarted bridge waits to be used again.
 - ``RKLLM_REQUEST_TIMEOUT``: deadline of a whole request through a pool, in seconds (default 1800).
 - ``RKLLM_TOKEN`` (or ``RKLLAMA_BRIDGE_TOKEN``): bearer token sent to every bridge.
 - ``RKLLM_MODE``: ``auto`` (native stream when the server has it, else one-shot), ``stream`` or ``oneshot``.
 - ``RKLLM_CONNECT_TIMEOUT``: seconds to open a connection (default 5).
 - ``RKLLM_FIRST_TOKEN_TIMEOUT``: seconds to wait for the first token, queue and prefill included (300).
+- ``RKLLM_FIRST_TOKEN_FLOOR`` / ``RKLLM_FIRST_TOKEN_CAP``: bounds of the time one bridge of a pool gets to
+  send a first token (its measured prefill speed times the prompt length) before the request moves to
+  another bridge (defaults 10 and 120 s).
+- ``RKLLM_MAX_PROMPT_CHARS``: the gateway refuses (413) a conversation longer than this many characters
+  before templating or tokenizing it (default 1,048,576).
 - ``RKLLM_TOKEN_TIMEOUT``: seconds to wait for each next token before the request is ended (60).
 - ``RKLLM_REQUEST_TTL``: seconds after which a request exo stopped asking about is evicted (120).
 - ``RKLLM_MAX_REQUESTS``: cap on the requests held at once; the least recently used go first (256).
@@ -69,6 +75,15 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _whole(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = (env.get(name) or "").strip().replace("_", "")
+    if raw == "":
+        return default
+    if not raw.isdigit():
+        raise ValueError(f"{name} must be a whole number, got {env.get(name)!r}")
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where the bridges are and how long to wait for them. Immutable: use ``with_()`` to derive."""
@@ -85,8 +100,11 @@ class Settings:
     exo_home: Path = field(default_factory=lambda: Path.home() / ".cache" / "exo")
     servers_file: Optional[Path] = None
     health_interval: float = 2.0
-    health_max_backoff: float = 10.0
+    health_max_backoff: float = 2.0
     request_timeout: float = 1800.0
+    first_token_floor: float = 10.0
+    first_token_cap: float = 120.0
+    max_prompt_chars: int = 1_048_576
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -95,6 +113,10 @@ class Settings:
             raise ValueError("at least one bridge server is needed")
         if self.max_requests < 1:
             raise ValueError("RKLLM_MAX_REQUESTS must be at least 1")
+        if self.max_prompt_chars < 1:
+            raise ValueError("RKLLM_MAX_PROMPT_CHARS must be at least 1")
+        if self.first_token_floor > self.first_token_cap:
+            raise ValueError("RKLLM_FIRST_TOKEN_FLOOR must not exceed RKLLM_FIRST_TOKEN_CAP")
 
     @property
     def downloads_dir(self) -> Path:
@@ -120,9 +142,7 @@ class Settings:
             if not port.isdigit():
                 raise ValueError(f"RKLLM_SERVER_PORT must be a port number, got {port!r}")
             servers = (_normalise_server(f"{host}:{port}"),)
-        max_requests = env.get("RKLLM_MAX_REQUESTS", "256")
-        if not max_requests.isdigit():
-            raise ValueError(f"RKLLM_MAX_REQUESTS must be a whole number, got {max_requests!r}")
+        max_requests = _whole(env, "RKLLM_MAX_REQUESTS", 256)
         models_file = env.get("RKLLM_MODELS_FILE")
         exo_home = env.get("EXO_HOME")
         return cls(
@@ -133,11 +153,14 @@ class Settings:
             first_token_timeout=_float(env, "RKLLM_FIRST_TOKEN_TIMEOUT", 300.0),
             token_timeout=_float(env, "RKLLM_TOKEN_TIMEOUT", 60.0),
             request_ttl=_float(env, "RKLLM_REQUEST_TTL", 120.0),
-            max_requests=int(max_requests),
+            max_requests=max_requests,
             models_file=Path(models_file).expanduser() if models_file else None,
             exo_home=Path(exo_home).expanduser() if exo_home else Path.home() / ".cache" / "exo",
             servers_file=servers_file,
             health_interval=_float(env, "RKLLM_HEALTH_INTERVAL", 2.0),
-            health_max_backoff=_float(env, "RKLLM_HEALTH_MAX_BACKOFF", 10.0),
+            health_max_backoff=_float(env, "RKLLM_HEALTH_MAX_BACKOFF", 2.0),
             request_timeout=_float(env, "RKLLM_REQUEST_TIMEOUT", 1800.0),
+            first_token_floor=_float(env, "RKLLM_FIRST_TOKEN_FLOOR", 10.0),
+            first_token_cap=_float(env, "RKLLM_FIRST_TOKEN_CAP", 120.0),
+            max_prompt_chars=_whole(env, "RKLLM_MAX_PROMPT_CHARS", 1_048_576),
         )

@@ -52,7 +52,8 @@ def test_non_streamed_reply_cut_by_a_dead_bridge_fails_loudly(pair):
     t = threading.Thread(target=lambda: result.update(r=requests.post(gateway.url + "/v1/chat/completions",
                                                                       json=BODY, timeout=30)))
     t.start()
-    wait_for(lambda: bridge.get_json("/health")[1]["active"] == 1, what="generation running on the bridge")
+    wait_for(lambda: bridge.get_json("/health")[1]["active"] == 1, timeout=60,
+             what="generation running on the bridge (the first request loads the tokenizer)")
     bridge.kill()
     t.join(30)
     status, error = result["r"].status_code, result["r"].json()["error"]
