@@ -92,7 +92,11 @@ class Completion:
         }
         state = {STATE_PARAMS: params, STATE_MESSAGES: messages}
         tokens = np.asarray(ids, dtype=np.int64).reshape(1, -1)
-        self._result, self._state = await engine.infer_tensor(self.request_id, self.shard, tokens, state)
+        try:
+            self._result, self._state = await engine.infer_tensor(self.request_id, self.shard, tokens, state)
+        except asyncio.CancelledError:  # the client left before the first token: stop the board too
+            self.abandon()
+            raise
         self.text = TextStream(tokenizer, req.stop)
 
     async def deltas(self) -> AsyncIterator[str]:
@@ -127,6 +131,12 @@ class Completion:
         finally:
             if self.request_id in engine.request_ids():
                 engine.abort(self.request_id)
+
+    def abandon(self) -> None:
+        """The client left before its reply: abort the generation on the board."""
+        log.info("client left request %s before its reply; generation aborted", self.request_id)
+        if self.request_id in self.engine.request_ids():
+            self.engine.abort(self.request_id)
 
     def usage(self) -> Dict[str, int]:
         return {
@@ -191,7 +201,7 @@ async def _whole_reply(completion: Completion) -> web.Response:
     try:
         text = "".join([delta async for delta in completion.deltas()])
     except asyncio.CancelledError:
-        log.info("client left request %s before its reply; generation aborted", completion.request_id)
+        completion.abandon()  # the deltas' own cleanup aborts too, but only once they are collected
         raise
     if completion.finish_reason == "error":
         return error_response(502, "bridge_failed", f"the bridge failed after {completion.completion_tokens} "

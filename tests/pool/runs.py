@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from exo_rk.client import GenerationParams, StreamEnd, TokenEvent
 from exo_rk.pool import BridgePool
@@ -26,10 +26,10 @@ class Run:
 
 
 async def generate(pool: BridgePool, model: str, max_new_tokens: Optional[int] = 30,
-                   run: Optional[Run] = None) -> Run:
+                   run: Optional[Run] = None, prompt: Sequence[int] = PROMPT) -> Run:
     """One request through the pool; errors are recorded on the run, not raised."""
     run = run or Run()
-    events = pool.stream(model, PROMPT, GenerationParams(max_new_tokens=max_new_tokens, temperature=0))
+    events = pool.stream(model, prompt, GenerationParams(max_new_tokens=max_new_tokens, temperature=0))
     try:
         async for event in events:
             if isinstance(event, TokenEvent):
