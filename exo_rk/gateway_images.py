@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import time
 from typing import Any, Dict
 
@@ -16,6 +17,8 @@ from exo_rk.compat import full_shard
 from exo_rk.gateway_body import read_json
 from exo_rk.gateway_errors import bridge_error_response, error_response, request_id
 from exo_rk.model_cards import IMAGE_MODEL_IDS
+
+log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_MODEL = "stable-diffusion-2-1-base"
 IMAGE_LAYERS = 31  # exo's card for stable-diffusion-2-1-base; the whole model is one shard here
@@ -65,9 +68,12 @@ async def handle_image_generations(request: web.Request) -> web.Response:
         image, _state = await generate_like_exo(engine, full_shard(req["model"], IMAGE_LAYERS), req["prompt"],
                                                 request_id=request_id(request), params=req["params"])
     except ImageRequestRefused as exc:  # the image server's own validation (size, steps, mode)
-        return error_response(400, "invalid_request", str(exc))
+        return error_response(400, "invalid_request", exc.reason or "the image server refused the request")
     except ImageGenerationError as exc:
-        return error_response(502, "image_generation_failed", str(exc))
+        rid = request_id(request)
+        log.warning("image request %s failed: %s", rid, exc)
+        return error_response(502, "image_generation_failed",
+                              f"{exc.reason or 'image generation failed'} (request id {rid})")
     except errors.BridgeError as exc:
         return bridge_error_response(exc, request_id(request))
     buf = io.BytesIO()

@@ -59,7 +59,12 @@ IMAGE_MODEL_MODES: dict[str, str | None] = {"stable-diffusion-2-1-base": None}
 
 
 class ImageGenerationError(RuntimeError):
-    """The image server refused or failed a generation; the message is the server's."""
+    """The image server refused or failed a generation. The message says where (for the log);
+    ``reason`` is the server's own words, without addresses, when it gave any (for a client)."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason
 
 
 class ImageRequestRefused(ImageGenerationError):
@@ -227,7 +232,8 @@ class RKNNImageInferenceEngine(InferenceEngine):
                 if resp.status in (429, 503):  # busy or not serving images: another server may be free
                     errors.append(message)
                     continue
-                raise (ImageRequestRefused if 400 <= resp.status < 500 else ImageGenerationError)(message)
+                raise (ImageRequestRefused if 400 <= resp.status < 500 else ImageGenerationError)(
+                    message, _error_message(text))
             job = _ImageJob(total_steps=None)
             job.task = asyncio.create_task(self._read(resp, job))
             self._jobs.put(request_id, job)
@@ -251,7 +257,8 @@ class RKNNImageInferenceEngine(InferenceEngine):
     async def _event(self, job: _ImageJob) -> dict:
         event = await asyncio.wait_for(job.events.get(), timeout=self.settings.step_timeout)
         if event.get("type") == "error":
-            raise ImageGenerationError(event.get("error", {}).get("message", "image generation failed"))
+            reason = event.get("error", {}).get("message", "image generation failed")
+            raise ImageGenerationError(reason, reason)
         if event.get("type") == "start":
             job.total_steps = int(event["total_steps"])
             job.meta = event

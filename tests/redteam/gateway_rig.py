@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 from tests.conftest import write_sim_model
+from tests.pool.conftest import PoolBridge
 from tests.support import ServerProcess, bridge_argv
 
 CHAT_MODEL = "chat-sim"  # says 4,000 tokens unless max_tokens stops it: 20 s at the test speed
@@ -21,9 +22,10 @@ def write_store(root: Path, tokenizer_dir: Path) -> Path:
     return root
 
 
-def sim_bridge(store: Path, *extra: str) -> ServerProcess:
-    """A sim bridge process (not started): instant prefill unless ``extra`` says otherwise."""
-    return ServerProcess(bridge_argv(store, "sim", "--sim-profile", "instant", "--sim-decode-tok-s", DECODE_TOK_S,
+def sim_bridge(store: Path, *extra: str) -> PoolBridge:
+    """A sim bridge process (not started; restartable on its port): instant prefill unless ``extra``
+    says otherwise."""
+    return PoolBridge(bridge_argv(store, "sim", "--sim-profile", "instant", "--sim-decode-tok-s", DECODE_TOK_S,
                                      "--sim-load-s", "0", "--no-images", "--log-level", "WARNING", *extra),
                          startup_timeout=60)
 

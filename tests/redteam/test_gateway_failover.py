@@ -109,3 +109,19 @@ async def test_with_no_other_board_a_slow_first_token_is_waited_for(bridges):
         assert pool.retries == 0 and pool.bridges()[0]["errors"] == {}
     finally:
         await pool.close()
+
+
+async def test_a_restarted_bridge_is_probed_on_demand_when_every_bridge_is_down(bridges):
+    (board,) = bridges([])
+    # after one failed probe the next one is 30 s away: only an on-demand probe can find the board sooner
+    pool = BridgePool([board.url], health_interval=0.2, health_timeout=0.5, min_backoff=30, max_backoff=60)
+    try:
+        assert (await generate(pool, CHAT_MODEL, 5)).complete
+        board.kill(signal.SIGKILL)
+        await poll(lambda: not pool.bridges()[0]["healthy"], "the pool to see the board down")
+        await asyncio.to_thread(board.restart)
+        run = await asyncio.wait_for(generate(pool, CHAT_MODEL, 5), 20)
+        assert run.complete, run
+        assert pool.bridges()[0]["healthy"] and pool.bridges()[0]["dispatched"] == 2
+    finally:
+        await pool.close()
