@@ -244,8 +244,11 @@ class RKLLMInferenceEngine(InferenceEngine):
         )
 
     def abort(self, request_id: str) -> None:
-        """End a request early (the gateway's stop sequences); the bridge aborts its generation."""
+        """End a request early (the gateway's stop sequences, a client that left); the bridge aborts its
+        generation."""
         self._requests.finish(request_id, "abort")
+        if self._image_engine is not None:
+            self._image_engine.abort(request_id)
 
     def finish_reason(self, request_id: str) -> Optional[str]:
         """How a request that ended recently ended: the bridge's ``stop``/``length``, or ``error``, ..."""

@@ -3,6 +3,7 @@ for image models (``RKLLMInferenceEngine`` delegating to ``RKNNImageInferenceEng
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -14,7 +15,7 @@ from PIL import Image
 
 from exo_rk import errors
 from exo_rk.compat import full_shard
-from exo_rk.gateway_body import read_json
+from exo_rk.gateway_body import read_json, run_cpu
 from exo_rk.gateway_errors import bridge_error_response, error_response, request_id
 from exo_rk.model_cards import IMAGE_MODEL_IDS
 
@@ -64,20 +65,28 @@ async def handle_image_generations(request: web.Request) -> web.Response:
     except ValueError as exc:  # InvalidBody (not JSON) is a ValueError too
         return error_response(400, "invalid_request", str(exc))
     engine = request.app[ENGINE_KEY]
+    rid = request_id(request)
     try:
         image, _state = await generate_like_exo(engine, full_shard(req["model"], IMAGE_LAYERS), req["prompt"],
-                                                request_id=request_id(request), params=req["params"])
+                                                request_id=rid, params=req["params"])
+    except asyncio.CancelledError:  # the client hung up: the image server stops too
+        log.info("client left image request %s; generation aborted", rid)
+        engine.abort(rid)
+        raise
     except ImageRequestRefused as exc:  # the image server's own validation (size, steps, mode)
         return error_response(400, "invalid_request", exc.reason or "the image server refused the request")
     except ImageGenerationError as exc:
-        rid = request_id(request)
         log.warning("image request %s failed: %s", rid, exc)
         return error_response(502, "image_generation_failed",
                               f"{exc.reason or 'image generation failed'} (request id {rid})")
     except errors.BridgeError as exc:
-        return bridge_error_response(exc, request_id(request))
+        return bridge_error_response(exc, rid)
+    b64 = await run_cpu(request.app, _png_base64, image)  # encoding an image is CPU work: off the loop
+    return web.json_response({"created": int(time.time()),
+                              "data": [{"b64_json": b64, "revised_prompt": req["prompt"]}]})
+
+
+def _png_base64(image: Any) -> str:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "PNG")
-    return web.json_response({"created": int(time.time()),
-                              "data": [{"b64_json": base64.b64encode(buf.getvalue()).decode("ascii"),
-                                        "revised_prompt": req["prompt"]}]})
+    return base64.b64encode(buf.getvalue()).decode("ascii")

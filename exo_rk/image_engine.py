@@ -282,6 +282,11 @@ class RKNNImageInferenceEngine(InferenceEngine):
         return _png_to_array(done["image"]), {**out_state, "is_finished": True}
 
 
+    def abort(self, request_id: str) -> None:
+        """Stop a generation whose caller left: its stream closes, so the image server aborts it."""
+        self._jobs.finish(request_id, "abort")
+
+
 def _png_to_array(b64: str) -> np.ndarray:
     from PIL import Image
 
