@@ -18,13 +18,14 @@ from exo_rk.gateway_errors import error_response
 
 
 def refusal(status: int, exc: Optional[BaseException]) -> tuple[int, str, str]:
-    """(status, code, message) for a request aiohttp refused; the message is the parser's own, which
-    names what was wrong with the request and nothing about the server."""
+    """(status, code, message) for a request aiohttp refused: the parser's own words about what was wrong
+    with the request, which say nothing about the server."""
     if status >= 500 or not isinstance(exc, HttpProcessingError):
         return 500, "internal_error", "the gateway failed on this request"
-    message = exc.message or "malformed HTTP request"
     if isinstance(exc, LineTooLong):
-        return 431, "headers_too_large", message
+        return 431, "headers_too_large", "the request line or a header is longer than this server accepts"
+    # the parser's first line says what is wrong; the next ones echo the offending bytes
+    message = (exc.message or "").strip().split("\n", 1)[0].rstrip(": ")[:200] or "malformed HTTP request"
     if isinstance(exc, BadStatusLine):
         return 400, "bad_request_line", message
     return 400, "bad_http_request", message

@@ -27,6 +27,9 @@ def test_settings_from_env_single_and_many_servers():
         ({"RKLLM_SERVER_PORT": "80a"}, "RKLLM_SERVER_PORT"),
         ({"RKLLM_TOKEN_TIMEOUT": "-1"}, "RKLLM_TOKEN_TIMEOUT"),
         ({"RKLLM_MAX_REQUESTS": "many"}, "RKLLM_MAX_REQUESTS"),
+        ({"RKLLM_MAX_PROMPT_CHARS": "1e6"}, "RKLLM_MAX_PROMPT_CHARS"),
+        ({"RKLLM_MAX_PROMPT_CHARS": "0"}, "RKLLM_MAX_PROMPT_CHARS"),
+        ({"RKLLM_FIRST_TOKEN_FLOOR": "30", "RKLLM_FIRST_TOKEN_CAP": "20"}, "RKLLM_FIRST_TOKEN_FLOOR"),
     ],
 )
 def test_settings_reject_bad_values_naming_the_variable(env, field):
