@@ -96,6 +96,7 @@ def test_a_stream_keeps_flowing_while_a_1_mb_prompt_is_tokenized(pair):
 
 def test_a_client_that_hangs_up_a_non_streamed_request_frees_the_board(pair):
     bridge, gw = pair
+    wait_for(lambda: active(bridge) == 0, timeout=30, what="the board idle (earlier requests counted)")
     aborts = bridge.get_json("/health")[1]["aborts_total"]
     body = json.dumps(chat("Talk for a long time.")).encode()  # 4,000 tokens: 20 s on the board
     sock = socket.create_connection(("127.0.0.1", gw.port))
