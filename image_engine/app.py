@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from .config import EngineConfig
 from .errors import ImageEngineError
-from .generate_service import GenConfig, GenerateService
+from .generate_service import GenerateService
 from .openapi import OPEN_ROUTES, create_openapi_blueprint
 from .routes_generate import create_generate_blueprint
 from .routes_sr import SRService, create_sr_blueprint, error_response
@@ -78,7 +78,7 @@ def create_app(config: EngineConfig) -> Flask:
     register_service(app, "sr", sr)
     app.register_blueprint(create_sr_blueprint(sr))
 
-    generate = GenerateService(GenConfig.from_env(), sr=sr)
+    generate = GenerateService(config.generate, sr=sr)
     register_service(app, "generate", generate)
     app.register_blueprint(create_generate_blueprint(generate))
 
@@ -100,6 +100,6 @@ def mount_image_routes(app: Flask, config: EngineConfig, prefix: str = "/image",
     sr = SRService(replace(config.sr, npu_gate=npu_gate))
     register_service(app, "sr", sr)
     app.register_blueprint(create_sr_blueprint(sr), url_prefix=prefix)
-    generate = GenerateService(GenConfig.from_env(npu_gate=npu_gate), sr=sr)
+    generate = GenerateService(replace(config.generate, npu_gate=npu_gate), sr=sr)
     register_service(app, "generate", generate)
     app.register_blueprint(create_generate_blueprint(generate), url_prefix=prefix)

@@ -6,22 +6,20 @@ import argparse
 import logging
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import ConfigError, EngineConfig, SRConfig
+from rk_common.settings import SettingsError
+
+from .config import PROGRAM
 from .errors import BadInput, ImageEngineError
 
 log = logging.getLogger("image_engine")
 
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default $PORT or 4200; 0 picks a free one)")
-    p.add_argument("--port-file", type=Path, default=None, help="write the bound port here once listening")
-    p.add_argument("--threads", type=int, default=None, help="HTTP threads (default: workers + queue + 4)")
-    p.add_argument("--token", default=None, help="bearer token required on every route but /health "
-                   "(default $IMAGE_ENGINE_TOKEN)")
+    PROGRAM.add_arguments(p)
 
 
 def _write_port_file(path: Path, port: int) -> None:
@@ -36,8 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .app import close_app, create_app
 
-    config = EngineConfig.from_env(host=args.host, port=args.port, port_file=args.port_file,
-                                   http_threads=args.threads, token=args.token)
+    config = PROGRAM.load(args)
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
         log.warning("binding %s without a token: anyone on the network can use this service "
                     "(set --token or IMAGE_ENGINE_TOKEN)", config.host)
@@ -91,7 +88,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     overrides = {"num_workers": 1, "enabled": True, "request_timeout": 1e9}
     if args.model is not None:
         overrides["model_path"] = args.model
-    service = SRService(SRConfig.from_env(**overrides))
+    service = SRService(replace(PROGRAM.from_env().sr, **overrides).validate())
     try:
         fmt = args.out_format or args.output.suffix.lstrip(".") or "png"
         result = service.upscale_bytes(args.input.read_bytes(), args.magnitude, fmt, args.quality)
@@ -152,6 +149,6 @@ def main(argv: Optional[list] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.handler(args)
-    except (ConfigError, ImageEngineError, OSError) as exc:
+    except (SettingsError, ImageEngineError, OSError) as exc:
         print(f"image-engine {args.command}: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) or getattr(exc, "status", 500) < 500 else 1
+        return 2 if isinstance(exc, SettingsError) or getattr(exc, "status", 500) < 500 else 1

@@ -9,6 +9,7 @@ import requests
 from hypothesis import strategies as st
 
 from exo_rk.openapi import build_spec
+from rkllama_bridge.config import image_env_for_bridge
 from tests.support import ServerProcess
 
 from .conftest import FAST_SIM
@@ -21,8 +22,8 @@ TOKEN = "gateway-fuzz-token"
 def gateway(sim_models_dir, tiny_modes, tmp_path_factory):
     from tests.support import bridge_argv
 
-    image_env = {"MODES_PATH": str(tiny_modes), "NUM_WORKERS": "1", "SR_NUM_WORKERS": "1",
-                 "OUTPUTS_DIR": str(tmp_path_factory.mktemp("gw-outputs"))}  # the bridge's /image routes
+    image_env = image_env_for_bridge({"MODES_PATH": str(tiny_modes), "NUM_WORKERS": "1", "SR_NUM_WORKERS": "1",
+                                      "OUTPUTS_DIR": str(tmp_path_factory.mktemp("gw-outputs"))})  # its /image
     with ServerProcess(bridge_argv(sim_models_dir, "sim", *FAST_SIM), env=image_env) as bridge:
         argv = [sys.executable, "-m", "exo_rk", "serve", "--host", "127.0.0.1", "--bridge", bridge.url,
                 "--default-model", "qwen-sim", "--api-token", TOKEN]

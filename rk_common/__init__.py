@@ -1,0 +1,1 @@
+"""What the bridge, the gateway and the image engine share; it imports none of the three packages."""
