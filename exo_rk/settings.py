@@ -69,11 +69,16 @@ class Settings:
     mode: str = setting("auto", "auto (native stream when the bridge has it, else one-shot), stream or oneshot",
                         aliases=("RKLLM_MODE",), choices=MODES, parse=_lower)
     connect_timeout: float = setting(5.0, "seconds to open a connection to a bridge",
-                                     aliases=("RKLLM_CONNECT_TIMEOUT",), positive=True)
+                                     aliases=("RKLLM_CONNECT_TIMEOUT",), positive=True,
+                                     why="a LAN connect takes milliseconds: a dead board is found fast, and "
+                                         "failover still has the whole first-token wait left")
     first_token_timeout: float = setting(300.0, "seconds to wait for the first token, queue, load and prefill "
-                                         "included", aliases=("RKLLM_FIRST_TOKEN_TIMEOUT",), positive=True)
+                                         "included", aliases=("RKLLM_FIRST_TOKEN_TIMEOUT",), positive=True,
+                                         why="a full bridge queue plus a model load; it must stay under "
+                                             "request_ttl and request_timeout (checked at start)")
     token_timeout: float = setting(60.0, "seconds to wait for each next token before the request is ended",
-                                   aliases=("RKLLM_TOKEN_TIMEOUT",), positive=True)
+                                   aliases=("RKLLM_TOKEN_TIMEOUT",), positive=True,
+                                   why="a board makes a token every 25-100 ms; a minute without one is a stall")
     request_ttl: float = setting(360.0, "seconds after which a request exo stopped asking about is evicted",
                                  aliases=("RKLLM_REQUEST_TTL",), positive=True,
                                  why="longer than the first-token wait (300 s): a request still waiting for its "
@@ -88,9 +93,11 @@ class Settings:
                              "written to $EXO_HOME/downloads/<org>--<name>", aliases=("EXO_HOME",),
                              shown="~/.cache/exo")
     health_interval: float = setting(2.0, "seconds between health checks of each bridge in a pool",
-                                     aliases=("RKLLM_HEALTH_INTERVAL",), positive=True)
+                                     aliases=("RKLLM_HEALTH_INTERVAL",), positive=True,
+                                     why="a dead board leaves the pool within seconds; at most health_max_backoff")
     health_max_backoff: float = setting(10.0, "longest wait between checks of a bridge that is down",
-                                        aliases=("RKLLM_HEALTH_MAX_BACKOFF",), positive=True)
+                                        aliases=("RKLLM_HEALTH_MAX_BACKOFF",), positive=True,
+                                        why="a board that comes back rejoins within 10 s")
     request_timeout: float = setting(870.0, "deadline of a whole request through a pool, in seconds",
                                      aliases=("RKLLM_REQUEST_TIMEOUT",), positive=True,
                                      why="under exo's 900 s API timeout, so the request ends cleanly with a log "

@@ -49,7 +49,8 @@ class SRConfig:
     max_pixels: int = setting(12_000_000, "most pixels any pass may feed the model (input, input x9 for a second "
                               "pass...); more get 413", minimum=1)
     request_timeout: float = setting(120.0, "seconds from queueing to result; the job is then cancelled (504)",
-                                     positive=True)
+                                     positive=True, why="the seed's; under exo's image_step_timeout (150 s), "
+                                                        "so the 504 reaches the client first")
     backend: str = setting("auto", "auto (by file suffix), onnxruntime or rknnlite", choices=BACKENDS)
     threads: int = setting(0, "onnxruntime threads per worker (0: onnxruntime's choice)", minimum=0)
     npu_gate: Optional[Callable[[], ContextManager]] = field(default=None, compare=False)  # set by the bridge
@@ -102,7 +103,8 @@ class GenConfig:
     default_steps: int = setting(4, "steps likewise", minimum=1)
     default_guidance: float = setting(1.0, "guidance scale likewise")
     default_timeout: float = setting(120.0, "seconds from queueing to result; the job is then cancelled (504)",
-                                     positive=True)
+                                     positive=True, why="the seed's; under exo's image_step_timeout (150 s), "
+                                                        "so the 504 reaches exo before it gives up on a step")
     backend: str = setting("auto", "auto, onnxruntime or rknnlite", name="lcm_backend", choices=BACKENDS)
     outputs_dir: Path = setting(Path("outputs"), "where /inference saves its images", shown="./outputs")
     watch_interval: float = setting(1.0, "seconds between modes-file checks; 0 disables polling",

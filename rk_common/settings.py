@@ -251,8 +251,8 @@ class Program:
             elif (typing.get_origin(kind) or kind) is tuple:
                 parser.add_argument(*names, dest=leaf.name, action="append", default=argparse.SUPPRESS, help=text)
             else:
-                metavar = "{" + ",".join(leaf.spec.choices) + "}" if leaf.spec.choices else None
-                parser.add_argument(*names, dest=leaf.name, default=argparse.SUPPRESS, metavar=metavar, help=text)
+                parser.add_argument(*names, dest=leaf.name, default=argparse.SUPPRESS,
+                                    choices=leaf.spec.choices or None, help=text)
 
     def load(self, args: Optional[argparse.Namespace] = None, env: Optional[Mapping[str, str]] = None,
              config_file: Optional[Path] = None) -> Any:

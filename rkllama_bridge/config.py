@@ -60,7 +60,9 @@ class BridgeConfig:
     preload: tuple[str, ...] = setting((), "load this model at start (repeatable; comma-separated in env)")
     request_timeout: Optional[float] = setting(None, "deadline of each request in seconds, queue included: a "
                                                "request still queued then gets 503, a running one is cut "
-                                               "(finish 'timeout')", positive=True)
+                                               "(finish 'timeout')", positive=True,
+                                               why="none: the client's deadline decides (exo: first_token_timeout "
+                                                   "300 s); a client that goes away aborts its generation")
     images: bool = setting(True, "mount the image routes (/image/superres, /image/generate, ...)")
     sim_profile: Optional[str] = setting(None, "sim runtime profile, e.g. qwen2.5-1.5b-rk3588",
                                          shown="qwen2.5-1.5b-rk3588")
@@ -73,10 +75,15 @@ class BridgeConfig:
                                        shown="the usual places")
     rkllm_abi: Optional[str] = setting(None, "force the RKLLM ABI (1.1, 1.2, 1.3)", aliases=("RKLLM_ABI",),
                                        shown="detected from the library")
+    rkllm_stall_timeout: float = setting(240.0, "seconds without output from librkllmrt after which a run ends "
+                                         "with an error", aliases=("RKLLM_STALL_TIMEOUT_S",), positive=True,
+                                         why="longer than any prefill a board does, shorter than exo's first-token "
+                                             "wait (300 s), so the bridge reports a hung runtime before the client "
+                                             "gives up (it was 600)")
     prefix_reuse: bool = setting(True, "reuse each handle's KV cache when a prompt extends the previous turn")
     keep_alive: Optional[str] = setting(None, "how long a model stays loaded after its last request, as Ollama's "
                                         "keep_alive: \"5m\", seconds, 0 = unload at once, -1 = forever",
-                                        parse=_keep_alive, shown="5m")
+                                        parse=_keep_alive, shown="5m", why="Ollama's")
     max_memory_mb: Optional[float] = setting(None, "unload least recently used idle models when a load would go "
                                              "over this much model memory", positive=True)
     state_file: Optional[Path] = setting(None, "remember the loaded models here and load them again at start",

@@ -36,7 +36,8 @@ def build_service(config: BridgeConfig) -> BridgeService:
                                        ("load_s", config.sim_load_s)) if v is not None}
     runtime = create_runtime(config.runtime, sim_profile=config.sim_profile, sim_overrides=sim_overrides,
                              tokenizer_for=lambda name: store.get(name).tokenizer, threads=None,
-                             rkllm_lib=config.rkllm_lib, rkllm_abi=config.rkllm_abi)
+                             rkllm_lib=config.rkllm_lib, rkllm_abi=config.rkllm_abi,
+                             rkllm_stall_timeout_s=config.rkllm_stall_timeout)
     try:
         keep_alive = DEFAULT_KEEP_ALIVE_S if config.keep_alive is None else parse_keep_alive(config.keep_alive)
     except BadRequest as exc:
