@@ -10,7 +10,7 @@ another program on the board cannot change the bridge. To add a setting, add one
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -36,7 +36,8 @@ def _keep_alive(text: str) -> str:
 
 
 def _bridge_sr() -> SRConfig:
-    # The bridge's body cap covers the image routes too: uploads default to what fits under it.
+    # The bridge's body cap covers the image routes too: uploads default to what fits under it (and follow
+    # --max-body-bytes when it is changed).
     return SRConfig(max_upload_bytes=DEFAULT_MAX_BODY - MULTIPART_FRAMING)
 
 
@@ -101,13 +102,22 @@ class BridgeConfig:
         # Every queued or streaming request holds a thread; leave room for /health and rejections.
         return self.threads or max(16, 2 * self.queue_max + 8)
 
+    @property
+    def upload_room(self) -> int:
+        """The largest upload that fits under the body cap with its multipart framing."""
+        return max(1, self.max_body_bytes - MULTIPART_FRAMING)
+
+    def __post_init__(self) -> None:
+        # Left at its default, the upload limit follows --max-body-bytes (the cap every route shares).
+        if self.sr.max_upload_bytes == _bridge_sr().max_upload_bytes and self.sr.max_upload_bytes > self.upload_room:
+            object.__setattr__(self, "sr", replace(self.sr, max_upload_bytes=self.upload_room))
+
     def validate(self) -> None:
         """Refuse settings that contradict each other (one line, naming both)."""
-        if self.images and self.sr.max_upload_bytes + MULTIPART_FRAMING > self.max_body_bytes:
+        if self.images and self.sr.max_upload_bytes > self.upload_room:
             raise SettingsError(f"sr_max_upload_bytes ({self.sr.max_upload_bytes}) plus multipart framing does "
                                 f"not fit under max_body_bytes ({self.max_body_bytes}): raise --max-body-bytes "
                                 "or lower --sr-max-upload-bytes")
-
 
 PROGRAM = Program("rkllama-bridge serve", BridgeConfig, "RKLLAMA_BRIDGE_")
 

@@ -110,6 +110,11 @@ def test_contradictory_or_malformed_settings_are_refused_in_one_line(program, en
     assert "\n" not in str(caught.value)
 
 
+def test_a_bridge_upload_limit_left_at_its_default_follows_the_body_cap():
+    assert BRIDGE.from_env({"RKLLAMA_BRIDGE_MAX_BODY_BYTES": str(2**20)}).sr.max_upload_bytes == 2**20 - 64 * 1024
+    assert IMAGE.from_env({}).sr.max_upload_bytes == 50 * 2**20  # the standalone program keeps the seed's
+
+
 def test_the_defaults_are_coherent():
     for program in (EXO, BRIDGE, IMAGE):
         program.build({})  # validate() runs: the defaults never contradict each other
