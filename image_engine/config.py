@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Optional
+from typing import TYPE_CHECKING, Callable, ContextManager, Optional
 
 from rk_common.settings import Program, SettingsError, section, setting
 
-from .modes import ModeDefaults, parse_size
+if TYPE_CHECKING:
+    from .modes import ModeDefaults
 
 DEFAULT_SR_MODEL = Path(__file__).resolve().parent / "models" / "espcn_x3.onnx"
 DEFAULT_PORT = 4200
@@ -27,6 +28,8 @@ class ConfigError(SettingsError):
 
 
 def _size(text: str) -> tuple[int, int]:
+    from .modes import parse_size  # modes pulls in yaml: only when a size is given
+
     try:
         return parse_size(text)
     except ValueError:
@@ -113,6 +116,8 @@ class GenConfig:
 
     @property
     def defaults(self) -> ModeDefaults:
+        from .modes import ModeDefaults
+
         return ModeDefaults(self.default_size, self.default_steps, self.default_guidance)
 
     @property

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import types
@@ -228,9 +229,13 @@ class Program:
     env_prefix: str  # "RKLLAMA_BRIDGE_"
     file_sections: Mapping[str, FileSection] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def leaves(self) -> list[Leaf]:
         return leaves(self.model)
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, Leaf]:
+        return {leaf.name: leaf for leaf in self.leaves}
 
     def env_names(self, leaf: Leaf) -> tuple[str, ...]:
         return (self.env_prefix + leaf.name.upper(),) + leaf.aliases
@@ -277,14 +282,14 @@ class Program:
     def env_value(self, name: str, env: Optional[Mapping[str, str]] = None) -> Any:
         """One setting from the environment alone (its prefixed name or an alias), or None when unset."""
         env = os.environ if env is None else env
-        leaf = next(leaf for leaf in self.leaves if leaf.name == name)
+        leaf = self._by_name[name]
         for var in self.env_names(leaf):
             if env.get(var, "") != "":
                 return convert(leaf, env[var], var)
         return None
 
     def _from_file(self, path: Path) -> dict[str, Any]:
-        by_key = {leaf.name: leaf for leaf in self.leaves}
+        by_key = self._by_name
         values: dict[str, Any] = {}
         data = read_config_file(path)
         for key, raw in data.items():
