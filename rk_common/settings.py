@@ -21,11 +21,12 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional
 
 SPEC = "rk_common.settings.spec"
 SECTION = "rk_common.settings.section"
@@ -152,6 +153,8 @@ def _from_text(kind: Any, raw: str) -> Any:
 def _from_file(kind: Any, value: Any) -> Any:
     """A TOML/YAML value: native types are taken as they are when they fit, text is parsed."""
     origin = typing.get_origin(kind) or kind
+    if value is None:  # an empty YAML value: unset
+        return ""
     if origin is tuple and isinstance(value, list):
         return ",".join(str(v) for v in value)
     if origin is float and isinstance(value, int) and not isinstance(value, bool):
@@ -355,15 +358,5 @@ def shown_default(leaf: Leaf) -> str:
 
 def cli_error(prog: str, exc: SettingsError) -> int:
     """Print the one-line refusal a program gives for bad settings; the exit status to return."""
-    import sys
-
     print(f"{prog}: error: {exc}", file=sys.stderr)
     return 2
-
-
-def names_in(programs: Sequence[Program]) -> dict[str, int]:
-    """How many environment variables and flags the programs' models generate (for the counts in docs)."""
-    env = {name for p in programs for leaf in p.leaves for name in p.env_names(leaf)}
-    env |= {p.env_prefix + "CONFIG" for p in programs}
-    flags = {(p.name, f) for p in programs for leaf in p.leaves for f in (leaf.flag, *leaf.spec.flags)}
-    return {"env": len(env), "flags": len(flags) + len(programs)}
