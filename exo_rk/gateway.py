@@ -27,9 +27,10 @@ from exo_rk.openapi import handle_openapi
 from exo_rk.tokenizer_store import encode_prompt
 from rk_common import aiohttp_http
 from rk_common.auth import bearer_auth
-from rk_common.errors import ApiError, BadRequest
+from rk_common.errors import ApiError
 from rk_common.openai_chat import SSE_DONE, ChatReply, ChatRequest, parse_chat_request, sse
 from rk_common.reply_shaping import chat_inputs, prompt_opens_think
+from rk_common.validation import decode_json
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +114,9 @@ class Completion:
                         "(see the gateway log)", status=502, code="bridge_failed")
 
 
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:
-        raise BadRequest("the body is not valid JSON", code="invalid_json") from None
-
-
 async def handle_chat(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE_KEY]
-    req = parse_chat_request(await _json_body(request))
+    req = parse_chat_request(decode_json(await request.read()))
     model = req.model or request.app[DEFAULT_MODEL_KEY]
     if model not in engine.cards:
         await _discover(engine)

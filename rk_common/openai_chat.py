@@ -82,7 +82,10 @@ def _content(message: dict, index: int) -> str:
         content = "".join(p["text"] for p in content)
     if not isinstance(content, str):
         raise _invalid_message(f"messages[{index}].content must be a string or a list of text parts")
-    return unicode_text(f"messages[{index}].content", content, BadRequest)
+    try:
+        return unicode_text(f"messages[{index}].content", content)
+    except BadRequest as exc:
+        raise _invalid_message(exc.message) from None
 
 
 def parse_messages(body: Mapping[str, Any]) -> Tuple[Dict[str, Any], ...]:
