@@ -1,10 +1,9 @@
 """Request ids: a client's ``X-Request-Id`` is echoed (when it is a plain token), otherwise one is made up;
-the id is in the response header and in the log lines written while the request is handled."""
+the id is in the response header and in the error log lines of the request (:func:`current`)."""
 
 from __future__ import annotations
 
 import contextvars
-import logging
 import re
 import uuid
 from typing import Optional
@@ -33,19 +32,3 @@ def unbind(token: contextvars.Token) -> None:
 def current() -> str:
     """The id of the request being handled here, or "-" outside a request."""
     return _current.get()
-
-
-class RequestIdFilter(logging.Filter):
-    """Adds ``record.request_id`` so a format can show it (``%(request_id)s``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = current()
-        return True
-
-
-def install_log_filter(logger: Optional[logging.Logger] = None) -> None:
-    """Give every handler of ``logger`` (the root by default) the request id, once."""
-    logger = logger or logging.getLogger()
-    for handler in logger.handlers:
-        if not any(isinstance(f, RequestIdFilter) for f in handler.filters):
-            handler.addFilter(RequestIdFilter())

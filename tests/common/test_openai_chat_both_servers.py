@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from tests.conftest import SIM_MODEL
+from tests.exo_rk.bridges import RecordingBridge
 from tests.support import ServerProcess, bridge_argv
 
 # 10 tok/s and a 2 s deadline: a 60-token reply needs 6 s of decode and is always cut; a 2-token one
@@ -21,8 +22,9 @@ HELLO = [{"role": "user", "content": "Say something."}]
 
 
 @pytest.fixture(scope="module")
-def bridge(sim_models_dir):
-    with ServerProcess(bridge_argv(sim_models_dir, "sim", *DEADLINE_ARGS)) as server:
+def bridge(sim_models_dir, tmp_path_factory):
+    record = tmp_path_factory.mktemp("chat-both") / "prompts.jsonl"
+    with RecordingBridge(bridge_argv(sim_models_dir, "sim", *DEADLINE_ARGS), record) as server:
         yield server
 
 
@@ -54,6 +56,15 @@ def test_stop_takes_up_to_four_strings_as_openai_documents(client):
                                        stop=["<a>", "<b>", "<c>", "<d>", "<e>"])
     error = refused.value.body
     assert error["code"] == "invalid_parameter" and error["param"] == "stop" and "4" in error["message"]
+
+
+@pytest.mark.parametrize("asked, used", [(None, 0.7), (0.3, 0.3)], ids=["modelfile-default", "asked"])
+def test_temperature_is_the_request_s_else_the_modelfile_s(client, bridge, asked, used):
+    before = len(bridge.recorded())
+    extra = {} if asked is None else {"temperature": asked}
+    client.chat.completions.create(model=SIM_MODEL, messages=HELLO, max_tokens=2, **extra)
+    records = bridge.recorded()[before:]
+    assert [r["params"]["temperature"] for r in records] == [used]  # TEMPERATURE=0.7 in the test Modelfile
 
 
 def test_replies_carry_system_fingerprint_and_null_logprobs(client):
