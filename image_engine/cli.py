@@ -177,12 +177,14 @@ def cmd_kserve(args: argparse.Namespace) -> int:
         from .kserve_model import LCMKServeModel
     except ImportError:
         raise BadInput("image-engine kserve needs the kserve package: pip install 'exo-rk[kserve]'") from None
-    from .generate_service import GenConfig, GenerateService
+    from .generate_service import GenerateService
     from .sr_service import SRService
 
     def build() -> GenerateService:
-        gen = GenConfig.from_env(model_root=args.model_root, modes_path=args.modes)
-        return GenerateService(gen, sr=SRService(SRConfig.from_env()))
+        config = PROGRAM.from_env()  # the IMAGE_ENGINE_* settings (and seed aliases) of `image-engine serve`
+        chosen = {"model_root": args.model_root, "modes_path": args.modes}
+        gen = replace(config.generate, **{k: v for k, v in chosen.items() if v is not None})
+        return GenerateService(gen, sr=SRService(config.sr))
 
     model = LCMKServeModel(args.model_name, build)
     model.load()
