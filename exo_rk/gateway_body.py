@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 from aiohttp import web
+
+from rk_common.validation import decode_json
 
 CPU_WORKERS = 2
 OFFLOAD_BYTES = 64 * 1024  # smaller bodies parse in well under a millisecond: not worth a thread hop
 WORKERS_KEY = web.AppKey("cpu_workers", ThreadPoolExecutor)
 
 T = TypeVar("T")
-
-
-class InvalidBody(ValueError):
-    """The body is not JSON this gateway can read; the message says why."""
 
 
 def install_workers(app: web.Application) -> None:
@@ -44,14 +41,9 @@ async def run_cpu(app: web.Application, fn: Callable[..., T], *args: Any, **kwar
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request's JSON body. Raises ``InvalidBody`` for anything that is not JSON, including nesting
-    too deep for the parser; a body over the app's size limit raises aiohttp's 413."""
+    """The request's JSON body, decoded as every server decodes one (``rk_common.validation``); a large
+    one on a worker thread. A body over the app's size limit raises aiohttp's 413."""
     raw = await request.read()
-    try:
-        if len(raw) <= OFFLOAD_BYTES:
-            return json.loads(raw)
-        return await run_cpu(request.app, json.loads, raw)
-    except RecursionError:
-        raise InvalidBody("the body is nested too deeply to be read") from None
-    except ValueError:
-        raise InvalidBody("the body is not valid JSON") from None
+    if len(raw) <= OFFLOAD_BYTES:
+        return decode_json(raw)
+    return await run_cpu(request.app, decode_json, raw)

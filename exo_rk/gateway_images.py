@@ -16,8 +16,9 @@ from PIL import Image
 from exo_rk import errors
 from exo_rk.compat import full_shard
 from exo_rk.gateway_body import read_json, run_cpu
-from exo_rk.gateway_errors import bridge_error_response, error_response, request_id
+from exo_rk.gateway_context import ENGINE_KEY, bridge_error, request_id
 from exo_rk.model_cards import IMAGE_MODEL_IDS
+from rk_common.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,18 @@ def parse_image_request(body: Any) -> Dict[str, Any]:
     return {"model": model, "prompt": prompt, "params": params}
 
 
+def _invalid(message: str) -> ApiError:
+    return ApiError(message, status=400, code="invalid_request")
+
+
 async def handle_image_generations(request: web.Request) -> web.Response:
-    from exo_rk.gateway import ENGINE_KEY
     from exo_rk.image_engine import ImageGenerationError, ImageRequestRefused, generate_like_exo
 
+    body = await read_json(request)  # not JSON: the shared layer's 400
     try:
-        req = parse_image_request(await read_json(request))
-    except ValueError as exc:  # InvalidBody (not JSON) is a ValueError too
-        return error_response(400, "invalid_request", str(exc))
+        req = parse_image_request(body)
+    except ValueError as exc:
+        raise _invalid(str(exc)) from None
     engine = request.app[ENGINE_KEY]
     rid = request_id(request)
     try:
@@ -74,13 +79,13 @@ async def handle_image_generations(request: web.Request) -> web.Response:
         engine.abort(rid)
         raise
     except ImageRequestRefused as exc:  # the image server's own validation (size, steps, mode)
-        return error_response(400, "invalid_request", exc.reason or "the image server refused the request")
+        raise _invalid(exc.reason or "the image server refused the request") from None
     except ImageGenerationError as exc:
         log.warning("image request %s failed: %s", rid, exc)
-        return error_response(502, "image_generation_failed",
-                              f"{exc.reason or 'image generation failed'} (request id {rid})")
+        raise ApiError(f"{exc.reason or 'image generation failed'} (request id {rid})", status=502,
+                       code="image_generation_failed") from None
     except errors.BridgeError as exc:
-        return bridge_error_response(exc, rid)
+        raise bridge_error(exc, rid) from None
     b64 = await run_cpu(request.app, _png_base64, image)  # encoding an image is CPU work: off the loop
     return web.json_response({"created": int(time.time()),
                               "data": [{"b64_json": b64, "revised_prompt": req["prompt"]}]})

@@ -14,7 +14,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from exo_rk.gateway_errors import error_response
+from rk_common.aiohttp_http import error_response
+from rk_common.errors import ApiError
 
 
 def refusal(status: int, exc: Optional[BaseException]) -> tuple[int, str, str]:
@@ -37,7 +38,8 @@ class JsonRefusalHandler(RequestHandler):
     def handle_error(self, request, status: int = 500, exc: Optional[BaseException] = None,
                      message: Optional[str] = None) -> web.StreamResponse:
         super().handle_error(request, status, exc, message)  # logs; raises if a reply already started
-        response = error_response(*refusal(status, exc))
+        status, code, text = refusal(status, exc)
+        response = error_response(ApiError(text, status=status, code=code))
         response.force_close()
         return response
 
