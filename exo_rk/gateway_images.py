@@ -64,10 +64,9 @@ def _invalid(message: str) -> ApiError:
 async def handle_image_generations(request: web.Request) -> web.Response:
     from exo_rk.image_engine import ImageGenerationError, ImageRequestRefused, generate_like_exo
 
-    body = await read_json(request)  # not JSON: the shared layer's 400
     try:
-        req = parse_image_request(body)
-    except ValueError as exc:
+        req = parse_image_request(await read_json(request))
+    except (ApiError, ValueError) as exc:  # not JSON, or not a valid image request
         raise _invalid(str(exc)) from None
     engine = request.app[ENGINE_KEY]
     rid = request_id(request)
