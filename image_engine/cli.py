@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .config import ConfigError, EngineConfig, SRConfig
+from .convert_cli import add_convert_args, cmd_convert
 from .errors import BadInput, ImageEngineError
 
 log = logging.getLogger("image_engine")
@@ -130,6 +131,7 @@ COMMANDS: dict[str, Command] = {
     "serve": ("serve the HTTP API (/superres, /health)", _add_serve_args, cmd_serve),
     "upscale": ("upscale an image file x3 per pass", _add_upscale_args, cmd_upscale),
     "make-tiny-model": ("write a tiny random LCM model set", _add_tiny_model_args, cmd_make_tiny_model),
+    "convert": ("convert ONNX models to .rknn for a board (needs rknn-toolkit2)", add_convert_args, cmd_convert),
 }
 
 

@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .rknn_sidecar import BuildRecord, file_sha256, write_sidecar
-from .rknn_toolkit import Built, BuildSpec, build, toolkit_version
+from .rknn_toolkit import BuildSpec, Built, build, toolkit_version
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
-from .convert_common import (ConvertOptions, PartBuild, PartIO, Progress, build_candidate, candidates_for,
-                             copy_file, export_part, release_all, write_dataset)
+from .convert_common import (
+    ConvertOptions,
+    PartBuild,
+    PartIO,
+    Progress,
+    build_candidate,
+    candidates_for,
+    copy_file,
+    export_part,
+    release_all,
+    write_dataset,
+)
 from .errors import BadInput
 from .rknn_sim import prebuilt_lite_class
-from .runtimes import CORE_AUTO, RknnRuntime, onnx_io_names, load_runtime
+from .runtimes import CORE_AUTO, RknnRuntime, load_runtime, onnx_io_names
 from .sr import TileGeometry, Upscaler, bicubic_upscale, resize_bicubic, rgb_to_ycbcr, tile_starts
 from .train_espcn import SCALE, psnr
 
@@ -136,7 +147,7 @@ def _image_sets(opts: ConvertOptions) -> tuple[list, str, list, str]:
     if opts.calibration is not None:
         calib, calib_desc = load_images(opts.calibration), f"{opts.calibration}"
     else:
-        calib, calib_desc = synthetic_images(seed=1), "synthetic scenes (seed 1; pass --calibration DIR)"
+        calib, calib_desc = synthetic_images(seed=1, size=720), "synthetic scenes (seed 1; pass --calibration DIR)"
     if opts.holdout is not None:
         held, held_desc = load_images(opts.holdout), f"{opts.holdout}"
     else:

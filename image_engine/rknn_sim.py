@@ -21,7 +21,7 @@ from typing import Optional, Union
 
 from .errors import ImageEngineError
 from .rknn_sidecar import BuildRecord, SidecarError, file_sha256, read_sidecar, sidecar_path
-from .rknn_toolkit import Built, BuildSpec, build, captured_output, last_line
+from .rknn_toolkit import BuildSpec, Built, build, captured_output, last_line
 
 log = logging.getLogger(__name__)
 
