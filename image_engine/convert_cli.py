@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from .convert_common import DTYPE_CHOICES, ConvertOptions
@@ -61,6 +62,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     opts = options_from_args(args)
     source = args.source
+    if not args.verbose:  # the per-part progress lines say what happens; model loads would drown them
+        logging.getLogger("image_engine.runtimes").setLevel(logging.WARNING)
     rknn_class()  # fail with the install command before any work
     name = source.stem if source.is_file() else source.name
     out_dir = opts.output or Path.cwd() / f"{name}-{opts.target}-{opts.dtype}"

@@ -36,7 +36,7 @@ class ConvertOptions:
     tile: int = 224
     size: Optional[tuple[int, int]] = None
     auto_max_db_loss: float = 0.1      # SR: int8 kept if it loses at most this much PSNR on any held-out image
-    auto_max_rel_error: float = 0.01   # LCM: int8 kept for a part if its mean abs error / mean abs output <= this
+    auto_max_rel_error: float = 0.005  # LCM: int8 kept for a part if its mean abs error / mean abs output <= this
     steps: int = 4
     progress: Callable[[str], None] = field(default=print, compare=False)
 

@@ -13,6 +13,7 @@ Selected with ``IMAGE_ENGINE_RKNN_SIM=1`` (subprocesses) or ``load_runtime(..., 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class SimulatorRKNNLite:
         self.requested_core_mask: Optional[int] = None
         self.core_mask: Optional[int] = None
         self.last_error: Optional[str] = None
+        self._prepared = False
 
     @classmethod
     def inits(cls) -> list[SimCall]:
@@ -118,8 +120,13 @@ class SimulatorRKNNLite:
         if self._built is None:
             self._fail("inference", "no model loaded")
             return None
+        # The first call prints the simulator's graph-preparation bars; capturing redirects the process's
+        # stdout/stderr, so later calls (maybe concurrent with other threads' logging) run uncaptured.
+        quiet = captured_output() if not self._prepared else contextlib.nullcontext()
+        self._prepared = True
         try:
-            outputs = self._built.rknn.inference(inputs=inputs, data_format=data_format)
+            with quiet:
+                outputs = self._built.rknn.inference(inputs=inputs, data_format=data_format)
         except Exception as exc:  # noqa: BLE001 - RKNNLite reports failure as None, not as an exception
             self._fail("inference", last_line(str(exc)))
             return None

@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -162,11 +163,15 @@ def parse_cpu_ops(log_text: str) -> list[str]:
     return seen
 
 
+_CAPTURE_LOCK = threading.Lock()  # file descriptors 1 and 2 belong to the whole process
+
+
 @contextlib.contextmanager
 def captured_output():
-    """Capture what the toolkit prints (it writes to file descriptors 1 and 2 from native code too)."""
+    """Capture what the toolkit prints (it writes to file descriptors 1 and 2 from native code too); the text
+    goes to the debug log. One capture at a time in the process."""
     buffer = io.StringIO()
-    with tempfile.TemporaryFile(mode="w+b") as sink:
+    with _CAPTURE_LOCK, tempfile.TemporaryFile(mode="w+b") as sink:
         saved = [os.dup(1), os.dup(2)]
         sys.stdout.flush()
         sys.stderr.flush()
