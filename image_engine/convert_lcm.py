@@ -296,7 +296,7 @@ def _copy_model_dir(root: Path, out_dir: Path, size: tuple[int, int]) -> None:
         raise BadInput("--output must be a new directory, not the model directory itself")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root)
-        if path.suffix == ".rknn" or rel.parts[-1].endswith(".rknn.json"):
+        if path.suffix == ".rknn" or rel.name.endswith(".rknn.json") or "model.calibration" in rel.parts:
             continue  # an earlier conversion's output
         copy_file(path, out_dir / rel)
     config_path = out_dir / "unet" / "config.json"

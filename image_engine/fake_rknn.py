@@ -35,6 +35,7 @@ class FakeRKNNLite:
     """RKNNLite's API (``load_rknn``, ``init_runtime``, ``inference``, ``release``) over onnxruntime."""
 
     NPU_CORE_AUTO, NPU_CORE_0, NPU_CORE_1, NPU_CORE_2, NPU_CORE_0_1, NPU_CORE_0_1_2 = 0, 1, 2, 4, 3, 7
+    runtime_name = "fake RKNNLite (onnxruntime)"
 
     _log_lock = threading.Lock()
     _calls: list[FakeCall] = []

@@ -93,4 +93,23 @@ def test_simulator_tier(tier_run, name):
 
 def test_tier_is_listed():
     """The source scan finds the tier's tests (guards the parametrisation above against an empty list)."""
-    assert len(tier_tests()) >= 5 and sys.version_info >= (3, 10)
+    names = tier_tests()
+    assert len(names) >= 5 and "test_sr_simulator::test_no_seams_at_tile_borders" in names
+
+
+def test_child_failures_and_skips_reach_this_run(tmp_path):
+    """A child run's failing parametrisation and its skip reason come back through the report parser."""
+    (tmp_path / "test_child.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.parametrize('a', [1, 2])\n"
+        "def test_param(a):\n    assert a == 1, 'two is not one'\n"
+        "def test_skipped():\n    pytest.skip('no board here')\n")
+    junit = tmp_path / "junit.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
+                    "-o", "junit_family=xunit1", str(tmp_path / "test_child.py")], cwd=str(tmp_path),
+                   capture_output=True, timeout=120)
+    results = parse_junit(junit)
+    assert [outcome for outcome, _ in results["test_child::test_param"]] == ["passed", "failure"]
+    assert "two is not one" in results["test_child::test_param"][1][1]
+    (skipped,) = results["test_child::test_skipped"]
+    assert skipped[0] == "skipped" and "no board here" in skipped[1]
