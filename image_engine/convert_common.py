@@ -69,7 +69,8 @@ def build_candidate(onnx: Path, io: "PartIO", dtype: str, opts: ConvertOptions, 
                     progress: Progress) -> PartBuild:
     progress(f"building {dtype} for {opts.target}, inputs {dict(zip(io.inputs, io.shapes, strict=True))}")
     started = time.perf_counter()
-    built = build(BuildSpec(onnx, list(io.inputs), io.shapes, opts.target, dtype, dataset if dtype == "int8" else None))
+    built = build(BuildSpec(onnx, list(io.inputs), io.shapes, opts.target, dtype, dataset if dtype == "int8" else None),
+                  layer_table=True)
     seconds = time.perf_counter() - started
     progress(f"{dtype} built in {seconds:.1f}s; on the CPU: {', '.join(built.cpu_ops) or 'nothing'}")
     return PartBuild(dtype, built, seconds)

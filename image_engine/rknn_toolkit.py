@@ -96,22 +96,30 @@ class Built:
             self.rknn = None
 
 
-def build(spec: BuildSpec) -> Built:
+def build(spec: BuildSpec, layer_table: bool = False) -> Built:
     """Run config → load_onnx → build; :class:`BuildFailed` carries the toolkit's reason (it answers -1 to
-    some mistakes and raises ``ValueError`` with a traceback for others)."""
+    some mistakes and raises ``ValueError`` with a traceback for others).
+
+    ``layer_table`` builds verbosely, for the layer table that says which ops run on the CPU (``cpu_ops``).
+    A verbose build also dumps ``check*.onnx`` files into the working directory, so it runs in a scratch
+    one: for single-threaded callers only (``image-engine convert``), as the working directory is the
+    process's. Quiet builds (the simulator adapter, inside servers) leave ``cpu_ops`` empty.
+    """
     cls = rknn_class()
     if spec.dtype == "int8" and spec.dataset is None:
         raise BuildFailed(f"an int8 build of {spec.onnx.name} needs a calibration dataset")
-    with captured_output() as captured:
-        rknn = cls(verbose=True)
+    onnx, dataset = str(Path(spec.onnx).resolve()), spec.dataset and str(Path(spec.dataset).resolve())
+    scratch = _scratch_cwd() if layer_table else contextlib.nullcontext()
+    with captured_output() as captured, scratch:
+        rknn = cls(verbose=layer_table)
         try:
             _step(lambda: rknn.config(target_platform=spec.target, quantized_algorithm=spec.quantized_algorithm,
                                       optimization_level=3), "config", spec, captured)
-            _step(lambda: rknn.load_onnx(model=str(spec.onnx), inputs=list(spec.inputs),
+            _step(lambda: rknn.load_onnx(model=onnx, inputs=list(spec.inputs),
                                          input_size_list=[list(s) for s in spec.input_shapes]),
                   "load_onnx", spec, captured)
             quantize = spec.dtype == "int8"
-            _step(lambda: rknn.build(do_quantization=quantize, dataset=str(spec.dataset) if quantize else None),
+            _step(lambda: rknn.build(do_quantization=quantize, dataset=dataset if quantize else None),
                   "build", spec, captured)
         except BaseException:
             rknn.release()
@@ -161,6 +169,17 @@ def parse_cpu_ops(log_text: str) -> list[str]:
         if match.group("target") == "CPU" and op not in _BOUNDARY_OPS and op not in seen:
             seen.append(op)
     return seen
+
+
+@contextlib.contextmanager
+def _scratch_cwd():
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="rknn-build-") as scratch:
+        os.chdir(scratch)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
 
 
 _CAPTURE_LOCK = threading.Lock()  # file descriptors 1 and 2 belong to the whole process

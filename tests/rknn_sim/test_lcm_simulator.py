@@ -57,6 +57,7 @@ def test_convert_writes_every_part_with_its_sidecar_and_reports_progress(lcm_con
     assert report["parts"]["text_encoder"]["cpu_ops"]["fp16"] == ["Gather"], "the embedding lookup runs on the CPU"
     assert report["generation"]["steps"] == 4 and report["generation"]["max_abs"] < 0.05
     assert "whole 4-step generation" in result.stdout
+    assert not list(out.parent.glob("check*.onnx")), "the toolkit's debug dumps stay out of the working directory"
 
 
 def test_generate_on_the_simulator_is_deterministic_per_seed_and_close_to_onnxruntime(servers):
