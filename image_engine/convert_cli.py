@@ -36,6 +36,9 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
                    help="auto, LCM: keep int8 for a part if mean abs error / mean abs output is at most this "
                    "(default %(default)s)")
     p.add_argument("--steps", type=int, default=4, help="LCM: steps of the measured generations (default 4)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="LCM: merge this LoRA (.safetensors) into the UNet/text encoder before converting; repeat "
+                   "for several (see image-engine merge-lora)")
 
 
 def options_from_args(args: argparse.Namespace) -> ConvertOptions:
@@ -62,6 +65,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     opts = options_from_args(args)
     source = args.source
+    if args.lora and not source.is_dir():
+        raise BadInput("--lora applies to an LCM model directory (its UNet and text encoder), not to an SR model")
     if not args.verbose:  # the per-part progress lines say what happens; model loads would drown them
         logging.getLogger("image_engine.runtimes").setLevel(logging.WARNING)
     rknn_class()  # fail with the install command before any work
@@ -72,9 +77,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
         report = convert_sr(source, opts, out_dir)
     elif source.is_dir() and (source / "unet").is_dir():
-        from .convert_lcm import convert_lcm
-
-        report = convert_lcm(source, opts, out_dir)
+        report = _convert_lcm_with_loras(source, opts, out_dir, args.lora)
     else:
         raise BadInput(f"{source} is neither an .onnx file nor an LCM model directory (with unet/)")
     text = report.markdown()
@@ -83,3 +86,28 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print(text)
     print(f"report: {out_dir / 'conversion-report.md'}")
     return 0
+
+
+def _convert_lcm_with_loras(source: Path, opts: ConvertOptions, out_dir: Path, loras: list[str]):
+    """Convert an LCM directory, first merging ``loras`` into a scratch copy of its ONNX files; the merge
+    record (``lora_merge.json``) goes beside the converted parts so that a mode naming the LoRAs accepts it."""
+    import shutil
+    import tempfile
+
+    from .convert_lcm import convert_lcm
+    from .lora_merge import REPORT_FILE, LoraMergeError, LoraSpec, format_report, merge_loras
+    from .safetensors_io import SafetensorsError
+
+    if not loras:
+        return convert_lcm(source, opts, out_dir)
+    with tempfile.TemporaryDirectory(prefix="lora-merge-") as scratch:
+        merged = Path(scratch) / source.name
+        try:
+            reports = merge_loras(source, merged, [LoraSpec.parse(text) for text in loras])
+        except (LoraMergeError, SafetensorsError) as exc:
+            raise BadInput(str(exc)) from None
+        print(format_report(reports), flush=True)
+        report = convert_lcm(merged, opts, out_dir)
+        if not (out_dir / REPORT_FILE).exists():  # convert_lcm copies the directory's other files
+            shutil.copy2(merged / REPORT_FILE, out_dir / REPORT_FILE)
+    return report

@@ -33,7 +33,8 @@ def test_without_the_toolkit_convert_says_how_to_install_it(sr_model, tmp_path):
 
 @pytest.mark.parametrize("args,message", [(["--size", "big"], "--size"), (["--tile", "4"], "--tile 4"),
                                           (["--calibration", "/nonexistent"], "is not a directory"),
-                                          (["--steps", "0"], "--steps")])
+                                          (["--steps", "0"], "--steps"),
+                                          (["--lora", "style.safetensors"], "--lora applies to an LCM model")])
 def test_bad_arguments_are_reported_before_any_work(sr_model, args, message):
     result = convert(str(sr_model), *args)
     assert result.returncode == 2 and message in result.stderr, result.stderr

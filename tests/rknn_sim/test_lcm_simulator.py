@@ -16,7 +16,7 @@ from image_engine.rknn_sidecar import read_sidecar
 from image_engine.rknn_sim import SimulatorRKNNLite
 from tests.support import ServerProcess
 
-from .conftest import SIM_ENV
+from .conftest import SIM_ENV, convert
 
 BODY = {"prompt": "a cinematic forest at sunrise", "size": "96x64", "num_inference_steps": 4,
         "guidance_scale": 1.0, "superres": False}
@@ -90,3 +90,27 @@ def test_a_latent_in_the_wrong_layout_is_refused_with_rockchips_message(lcm_conv
         assert good[0].shape == (1, 3, 64, 96)
     finally:
         lite.release()
+
+
+def test_convert_with_a_lora_merges_it_first_and_a_mode_accepts_the_result(tiny_lcm, tmp_path):
+    """``convert --lora``: the report lists the merged layers, the converted UNet carries the merged weights
+    (its ONNX beside the .rknn), and a mode naming the LoRA accepts the output directory."""
+    from onnx import load, numpy_helper
+    from safetensors.numpy import save_file
+
+    from image_engine.modes import ModeDefaults, parse_modes
+
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    rng = np.random.default_rng(5)
+    down, up = rng.standard_normal((2, 32)).astype(np.float32), rng.standard_normal((4, 2)).astype(np.float32)
+    save_file({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up}, str(tmp_path / "style.safetensors"))
+    out = tmp_path / "styled"
+    result = convert(str(tiny_lcm), "--dtype", "fp16", "--size", "96x64", "--output", str(out),
+                     "--lora", f"{tmp_path / 'style.safetensors'}:0.5", cwd=tmp_path)
+    assert "1 layer(s) merged, 0 key(s) matched nothing" in result.stdout
+    before = {i.name: numpy_helper.to_array(i) for i in load(str(tiny_lcm / "unet" / "model.onnx")).graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in load(str(out / "unet" / "model.onnx")).graph.initializer}
+    np.testing.assert_allclose(after["w_text"], before["w_text"] + (0.5 * (up @ down)).T, atol=1e-5)
+    assert (out / "unet" / "model.rknn").is_file()
+    modes = f"modes:\n  styled:\n    model: {out}\n    loras: ['style.safetensors:0.5']\n"
+    assert parse_modes(modes, tmp_path, ModeDefaults()).modes["styled"].loras[0]["scale"] == 0.5
