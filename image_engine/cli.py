@@ -13,6 +13,7 @@ from typing import Callable, Optional
 from rk_common.settings import SettingsError
 
 from .config import PROGRAM
+from .convert_cli import add_convert_args, cmd_convert
 from .errors import BadInput, ImageEngineError
 
 log = logging.getLogger("image_engine")
@@ -208,6 +209,7 @@ COMMANDS: dict[str, Command] = {
     "serve": ("serve the HTTP API (/superres, /health)", _add_serve_args, cmd_serve),
     "upscale": ("upscale an image file x3 per pass", _add_upscale_args, cmd_upscale),
     "make-tiny-model": ("write a tiny random LCM model set", _add_tiny_model_args, cmd_make_tiny_model),
+    "convert": ("convert ONNX models to .rknn for a board (needs rknn-toolkit2)", add_convert_args, cmd_convert),
     "kserve": ("serve text-to-image as a KServe model server", _add_kserve_args, cmd_kserve),
     "merge-lora": ("merge LoRA weights into an LCM model's ONNX files", _add_merge_lora_args, cmd_merge_lora),
 }

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, jsonify, request
 
+from rk_common.errors import ApiError
 from rk_common.flask_http import error_response
 from rk_common.validation import decode_json
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 def _modes_error(exc: ModesError):
-    return jsonify({"error": {"code": "bad_modes_file", "message": str(exc)}}), 422
+    return error_response(ApiError(str(exc), status=422, code="bad_modes_file"))
 
 
 def _json_body() -> object:
