@@ -9,6 +9,8 @@ from dataclasses import replace
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from rk_common.http_front import Lane
+
 from .config import EngineConfig
 from .errors import ImageEngineError
 from .generate_service import GenConfig, GenerateService
@@ -33,6 +35,26 @@ def close_app(app: Flask) -> None:
             service.close()
         except Exception:  # noqa: BLE001 - one failing service must not keep the others open
             log.exception("closing %s failed", name)
+
+
+def image_lanes(app: Flask, prefix: str = "") -> list[Lane]:
+    """The thread lanes of the image jobs of ``app``: each service gets threads for its workers and its
+    queue, so image work can never occupy the threads of other routes, and one request beyond that gets
+    a 429 from the front without taking a thread."""
+    services = app.extensions.get(SERVICES_KEY, {})
+    lanes = []
+    sr = services.get("sr")
+    if sr is not None and sr.enabled:
+        n = sr.config.num_workers + sr.config.queue_max
+        lanes.append(Lane("sr", (prefix + "/superres",), n, n))
+    generate = services.get("generate")
+    if generate is not None and generate.config.configured:
+        n = generate.config.num_workers + generate.config.queue_max
+        lanes.append(Lane("lcm", tuple(prefix + p for p in GENERATE_PATHS), n, n))
+    return lanes
+
+
+GENERATE_PATHS = ("/generate", "/inference", "/v1/images/generations")
 
 
 def _register_error_handlers(app: Flask) -> None:
@@ -85,7 +107,9 @@ def create_app(config: EngineConfig) -> Flask:
     @app.get("/health")
     def health():
         services = app.extensions.get(SERVICES_KEY, {})
-        return jsonify({"status": "ok", **{name: s.stats() for name, s in services.items()}})
+        lanes = app.config.get("HTTP_LANES")
+        return jsonify({"status": "ok", **{name: s.stats() for name, s in services.items()},
+                        **({"threads": lanes()} if lanes else {})})
 
     return app
 

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
+from rk_common.http_front import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
+
 from .config import ConfigError, EngineConfig, SRConfig
 from .errors import BadInput, ImageEngineError
 
@@ -22,6 +24,10 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="HTTP threads (default: workers + queue + 4)")
     p.add_argument("--token", default=None, help="bearer token required on every route but /health "
                    "(default $IMAGE_ENGINE_TOKEN)")
+    p.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT_S, help="seconds a request's "
+                   "head may take to arrive from its first byte (slow clients get 408)")
+    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, help="open connections "
+                   "beyond which new ones get a JSON 503")
 
 
 def _write_port_file(path: Path, port: int) -> None:
@@ -32,23 +38,28 @@ def _write_port_file(path: Path, port: int) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the HTTP API with waitress until SIGTERM/SIGINT; services are closed on the way out."""
-    import waitress
+    from rk_common.http_front import create_front_server, ops_lane
+    from rk_common.memory import limit_malloc_arenas
 
-    from .app import close_app, create_app
+    from .app import close_app, create_app, image_lanes
 
     config = EngineConfig.from_env(host=args.host, port=args.port, port_file=args.port_file,
                                    http_threads=args.threads, token=args.token)
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
         log.warning("binding %s without a token: anyone on the network can use this service "
                     "(set --token or IMAGE_ENGINE_TOKEN)", config.host)
+    limit_malloc_arenas()
     app = create_app(config)
     try:
-        server = waitress.create_server(app, host=config.host, port=config.port,
-                                        threads=config.effective_http_threads,
-                                        clear_untrusted_proxy_headers=True,
-                                        # the app answers a JSON 413 below this; waitress's cap only
-                                        # bounds bodies sent without a Content-Length (chunked)
-                                        max_request_body_size=2 * config.max_body_bytes)
+        server = create_front_server(app, host=config.host, port=config.port,
+                                     threads=config.effective_http_threads,
+                                     lanes=[ops_lane(), *image_lanes(app)],
+                                     header_timeout_s=args.header_timeout, max_connections=args.max_connections,
+                                     clear_untrusted_proxy_headers=True,
+                                     # the app answers a JSON 413 below this; waitress's cap only
+                                     # bounds bodies sent without a Content-Length (chunked)
+                                     max_request_body_size=2 * config.max_body_bytes)
+        app.config["HTTP_LANES"] = server.lane_stats
         port = int(server.effective_port)
         if config.port_file is not None:
             _write_port_file(config.port_file, port)

@@ -30,12 +30,13 @@ from .errors import BadInput, ImageEngineError
 from .gen_request import parse_generate, parse_inference, parse_openai
 from .generate_service import GenerateService
 from .modes import ModesError
+from .routes_sr import error_response
 
 log = logging.getLogger(__name__)
 
 
 def _error(exc: ImageEngineError):
-    return jsonify({"error": {"code": exc.code, "message": exc.message}}), exc.status
+    return error_response(exc)
 
 
 def _modes_error(exc: ModesError):
@@ -56,6 +57,8 @@ def _json_body() -> object:
         return body
     except ValueError as exc:  # UnicodeEncodeError is a ValueError
         raise BadInput(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadInput("the request body is not valid JSON: nested too deeply") from None
 
 
 def _wants_json() -> bool:

@@ -18,7 +18,8 @@ from .service import BridgeService
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 8 * 2**20
-OPEN_PATHS = ("/health",)  # liveness stays reachable for load balancers without the token
+OPEN_PATHS = ("/health",)
+DEFAULT_RETRY_AFTER_S = "1"  # liveness stays reachable for load balancers without the token
 
 
 def create_app(service: BridgeService, *, token: Optional[str] = None, max_body_bytes: int = DEFAULT_MAX_BODY,
@@ -52,7 +53,10 @@ def create_app(service: BridgeService, *, token: Optional[str] = None, max_body_
             log.info("%s %s: %s", request.method, request.path, exc.message)
         elif exc.status >= 500:
             log.error("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
-        return jsonify(exc.to_json()), exc.status, exc.headers
+        headers = dict(exc.headers)
+        if exc.status in (429, 503):  # every "busy" or "unavailable" tells the client when to retry
+            headers.setdefault("Retry-After", DEFAULT_RETRY_AFTER_S)
+        return jsonify(exc.to_json()), exc.status, headers
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -60,7 +64,8 @@ def create_app(service: BridgeService, *, token: Optional[str] = None, max_body_
         message = exc.description or exc.name
         if exc.code == 413:
             message = f"request body larger than the limit of {max_body_bytes} bytes"
-        return jsonify({"error": {"code": code, "message": message}}), exc.code
+        headers = {"Retry-After": DEFAULT_RETRY_AFTER_S} if exc.code in (429, 503) else {}
+        return jsonify({"error": {"code": code, "message": message}}), exc.code, headers
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

@@ -39,6 +39,8 @@ class BridgeConfig:
     state_file: Optional[Path] = None
     restore: bool = True
     npu_concurrent: bool = False
+    header_timeout: float = 10.0  # seconds a request's head may take from its first byte (then 408)
+    max_connections: int = 500  # open connections beyond which a new one gets a JSON 503
 
     @property
     def wsgi_threads(self) -> int:
@@ -87,6 +89,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--npu-concurrent", action="store_true", help="let LLM generation and image jobs use the NPU "
                    "at the same time (by default they take turns per token / step: concurrent use can freeze "
                    "the NPU on RK3588)")
+    p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a request's head may take to "
+                   "arrive from its first byte, however slowly it trickles in (then 408 and the connection closes)")
+    p.add_argument("--max-connections", type=int, default=500, help="open connections beyond which a new one "
+                   "gets a JSON 503 with Retry-After (well above --threads: idle keep-alive clients hold one each)")
     p.add_argument("--log-level", default=os.environ.get("RKLLAMA_BRIDGE_LOG", "INFO"))
 
 
@@ -94,6 +100,8 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
     for name in ("queue_max", "instances"):
         if getattr(args, name) < (0 if name == "queue_max" else 1):
             raise SystemExit(f"rkllama-bridge: --{name.replace('_', '-')} must be >= {0 if name == 'queue_max' else 1}")
+    if not args.header_timeout > 0 or args.max_connections < 1:
+        raise SystemExit("rkllama-bridge: --header-timeout must be > 0 and --max-connections >= 1")
     if args.request_timeout is not None and not args.request_timeout > 0:
         raise SystemExit("rkllama-bridge: --request-timeout must be a positive number of seconds")
     return BridgeConfig(
@@ -106,4 +114,5 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
         preload=tuple(args.preload), images=args.images, request_timeout=args.request_timeout,
         prefix_reuse=args.prefix_reuse, keep_alive=args.keep_alive,
         max_memory_mb=args.max_memory_mb, state_file=args.state_file, restore=args.restore,
-        npu_concurrent=args.npu_concurrent)
+        npu_concurrent=args.npu_concurrent, header_timeout=args.header_timeout,
+        max_connections=args.max_connections)

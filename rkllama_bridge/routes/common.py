@@ -35,6 +35,8 @@ def json_body() -> dict:
             json.dumps(body, ensure_ascii=False).encode("utf-8")
     except (ValueError, UnicodeError) as exc:
         raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply", code="invalid_json") from None
     return require_object(body)
 
 
