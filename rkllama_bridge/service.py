@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .arbiter import NpuArbiter
+from .arbiter import NpuArbiter, NpuWaitAbandoned
 from .context import check_truncate, reply_room, truncate_left
 from .errors import BadRequest, BridgeError, ContextOverflow, ModelUnavailable
 from .lifecycle import DEFAULT_KEEP_ALIVE_S, StateFile, describe_keep_alive, parse_keep_alive, weights_size_mb
@@ -101,6 +101,22 @@ class ServiceOptions:
 
 
 REAPER_MAX_SLEEP_S = 0.5
+# A prompt longer than NUM_CTX x this many characters cannot fit: it is refused before tokenizing, since
+# templating and tokenizing a megabyte costs seconds of CPU and ~90 MB of peak memory for nothing. A token
+# of the models served here covers ~4 characters on average and rarely more than 16.
+MAX_CHARS_PER_TOKEN = 16
+
+
+def _with_system(stored: StoredModel, messages: Sequence[dict]) -> List[dict]:
+    """The conversation with the Modelfile's SYSTEM prompt first, unless it brings a system message."""
+    messages = list(messages)
+    if stored.system_prompt and not any(m.get("role") == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": stored.system_prompt})
+    return messages
+
+
+def _chars(messages: Sequence[dict]) -> int:
+    return sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else 0 for m in messages)
 
 
 class BridgeService:
@@ -274,14 +290,42 @@ class BridgeService:
 
     def chat_prompt_ids(self, stored: StoredModel, messages: Sequence[dict], **template_extra) -> List[int]:
         """The token ids of the conversation as the model's chat template writes it. The Modelfile's
-        SYSTEM prompt is used only when the conversation brings no system message of its own."""
-        messages = list(messages)
-        if stored.system_prompt and not any(m.get("role") == "system" for m in messages):
-            messages.insert(0, {"role": "system", "content": stored.system_prompt})
+        SYSTEM prompt is used only when the conversation brings no system message of its own. A
+        conversation with more characters than the context can hold is refused before templating."""
+        messages = _with_system(stored, messages)
+        self._check_chars(stored, _chars(messages))
+        return self._encode_chat(stored, messages, **template_extra)
+
+    def _bounded_chat_ids(self, stored: StoredModel, messages: Sequence[dict], **template_extra) -> Optional[List[int]]:
+        """The conversation's ids, or None when it has too many characters to fit (nothing tokenized)."""
+        messages = _with_system(stored, messages)
+        if _chars(messages) > self.prompt_char_limit(stored):
+            return None
+        return self._encode_chat(stored, messages, **template_extra)
+
+    @staticmethod
+    def _encode_chat(stored: StoredModel, messages: List[dict], **template_extra) -> List[int]:
         try:
             return stored.tokenizer.encode_chat(messages, **template_extra)
         except ValueError as exc:
             raise BadRequest(str(exc), code="invalid_messages") from None
+
+    def encode_text(self, stored: StoredModel, text: str) -> List[int]:
+        """``text`` as token ids, refused (400) before tokenizing when it cannot fit the context."""
+        self._check_chars(stored, len(text))
+        return stored.tokenizer.encode(text)
+
+    def prompt_char_limit(self, stored: StoredModel) -> int:
+        """The most characters of prompt tokenized for ``stored``: more cannot fit its context."""
+        return stored.num_ctx * MAX_CHARS_PER_TOKEN
+
+    def _check_chars(self, stored: StoredModel, chars: int) -> None:
+        limit = self.prompt_char_limit(stored)
+        if chars > limit:
+            raise ContextOverflow(
+                f"prompt of {chars} characters cannot fit the context of {stored.num_ctx} tokens (NUM_CTX) of model "
+                f"{stored.name}: at most {limit} characters are tokenized; shorten the conversation or send "
+                "\"truncate\": \"left\"")
 
     def fitted_prompt_ids(self, stored: StoredModel, messages: Sequence[dict], fields: dict,
                           truncate: Optional[str] = None, **template_extra) -> Tuple[List[int], int]:
@@ -289,11 +333,12 @@ class BridgeService:
         see ``context.TRUNCATE_POLICIES``. Without a policy nothing is dropped (an overflow is a 400)."""
         policy = check_truncate(truncate)
 
-        def encode(msgs):
-            return self.chat_prompt_ids(stored, msgs, **template_extra)
-
         if policy == "none":
-            return encode(messages), 0
+            return self.chat_prompt_ids(stored, messages, **template_extra), 0
+
+        def encode(msgs):  # None: too many characters to be worth tokenizing (a turn more must go)
+            return self._bounded_chat_ids(stored, msgs, **template_extra)
+
         budget = stored.num_ctx - reply_room(fields, stored)
         return truncate_left(list(messages), encode, budget)
 
@@ -424,11 +469,21 @@ class Generation:
         self._worker.start()
         self._events = self._run()
 
+    def _giving_up(self) -> bool:
+        """Whether this request no longer wants the NPU: aborted, or past its deadline."""
+        return self._cancelled or (self.deadline is not None and time.monotonic() > self.deadline)
+
+    def _not_started(self) -> GenerationResult:
+        """The result of a request that gave up before the runtime ran it."""
+        if not self._cancelled:
+            self._timed_out = True  # its deadline passed while it waited for the NPU
+        return GenerationResult("abort", len(self.prompt_ids), 0)
+
     def _work(self) -> None:
         try:
-            with self.service.arbiter.session("llm") as npu:
-                if self._cancelled:  # given up while waiting for the NPU: do not start
-                    self._q.put(GenerationResult("abort", len(self.prompt_ids), 0))
+            with self.service.arbiter.session("llm", self.deadline, self._giving_up) as npu:
+                if self._giving_up():  # checked again once the NPU is ours: do not start
+                    self._q.put(self._not_started())
                     return
                 self.handle.npu_yield = npu.yield_point
                 try:
@@ -437,6 +492,9 @@ class Generation:
                 finally:
                     self.handle.npu_yield = None
             self._q.put(result)
+        except NpuWaitAbandoned as exc:
+            log.info("a %s request left the NPU queue before it started: %s", self.entry.name, exc)
+            self._q.put(self._not_started())
         except GenerationFailed as exc:
             self._q.put(exc)
         except Exception as exc:  # a runtime bug must end this request visibly, not hang it
