@@ -6,7 +6,8 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = ["bench_bridge", "bench_engine", "bench_sr", "bench_lcm", "bench_pool", "bench_conversation"]
+BENCHMARKS = ["bench_bridge", "bench_engine", "bench_sr", "bench_lcm", "bench_pool", "bench_conversation",
+              "bench_health"]
 
 
 def main(argv=None) -> int:

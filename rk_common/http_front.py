@@ -39,7 +39,7 @@ DEFAULT_MAX_CONNECTIONS = 500
 OPS_PATHS = ("/health", "/metrics")
 RETRY_AFTER_S = "1"
 
-_CODES = {400: "bad_request", 408: "request_timeout", 413: "payload_too_large", 429: "busy",
+_CODES = {400: "bad_request", 408: "request_timeout", 413: "payload_too_large", 429: "queue_full",
           431: "header_fields_too_large", 500: "internal_error", 501: "not_implemented", 503: "unavailable"}
 
 

@@ -46,3 +46,20 @@ def png(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "PNG")
     return buf.getvalue()
+
+
+def upscale_in_threads(url: str, data: bytes, n: int) -> tuple:
+    """``n`` concurrent POSTs of ``data`` to the SR route ``url``; (threads, status codes as they end)."""
+    import threading
+
+    import requests
+
+    codes: list = []
+
+    def upscale():
+        codes.append(requests.post(url, files={"file": ("a.png", data, "image/png")}, timeout=600).status_code)
+
+    threads = [threading.Thread(target=upscale) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads, codes

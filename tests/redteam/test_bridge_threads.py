@@ -3,27 +3,16 @@ HTTP threads leave /health (and the LLM routes) answering while the SR workers a
 
 from __future__ import annotations
 
-import threading
-
 import requests
 
 from ..conftest import SIM_MODEL
 from ..support import wait_for
-from .conftest import png
+from .conftest import png, upscale_in_threads
 
 
 def test_six_sr_requests_on_four_threads_leave_health_and_chat_answering(start_bridge):
     b = start_bridge("--sim-profile", "instant", "--threads", "4")
-    data = png(480, 480)
-    codes: list = []
-
-    def upscale():
-        codes.append(requests.post(b.url + "/image/superres", files={"file": ("a.png", data, "image/png")},
-                                   timeout=600).status_code)
-
-    jobs = [threading.Thread(target=upscale) for _ in range(6)]
-    for t in jobs:
-        t.start()
+    jobs, codes = upscale_in_threads(b.url + "/image/superres", png(480, 480), 6)
     wait_for(lambda: b.get_json("/health")[1]["threads"]["sr"]["in_flight"] == 6, timeout=60,
              what="six SR requests in flight")
     status, health = b.get_json("/health", timeout=60)

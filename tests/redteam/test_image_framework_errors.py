@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-
 import requests
 
 from ..support import wait_for
-from .conftest import png
+from .conftest import png, upscale_in_threads
 from .rawhttp import exchange
 
 
@@ -29,20 +27,12 @@ def test_waitress_refusals_are_json(start_image_service):
 def test_a_full_sr_lane_answers_429_with_retry_after_without_a_thread(start_image_service):
     img = start_image_service(env={"SR_QUEUE_MAX": "1", "SR_NUM_WORKERS": "1"})
     data = png(640, 640)
-    done: list = []
-
-    def upscale():
-        done.append(requests.post(img.url + "/superres", files={"file": ("a.png", data, "image/png")},
-                                  timeout=300).status_code)
-
-    workers = [threading.Thread(target=upscale) for _ in range(2)]
-    for t in workers:
-        t.start()
+    workers, done = upscale_in_threads(img.url + "/superres", data, 2)
     wait_for(lambda: img.get_json("/health")[1]["threads"]["sr"]["in_flight"] == 2, timeout=60,
              what="the SR lane full (one running, one queued)")
     r = requests.post(img.url + "/superres", files={"file": ("a.png", data, "image/png")}, timeout=60)
     lane = img.get_json("/health")[1]["threads"]["sr"]
-    assert r.status_code == 429 and r.headers["Retry-After"] == "1" and r.json()["error"]["code"] == "busy"
+    assert r.status_code == 429 and r.headers["Retry-After"] == "1" and r.json()["error"]["code"] == "queue_full"
     assert lane["rejected"] >= 1
     for t in workers:
         t.join(300)
