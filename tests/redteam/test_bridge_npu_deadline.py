@@ -41,24 +41,26 @@ def test_a_request_waiting_for_a_held_npu_ends_at_its_deadline(sim_models_dir):
     svc.close()
 
 
-def test_request_timeout_cuts_a_reply_that_waits_behind_npu_image_work(start_bridge, npu_sr_env):
-    # alone, 40 tokens at 400 tok/s take 0.1 s: a timeout means the reply waited for the NPU
-    b = start_bridge("--sim-profile", "instant", "--sim-decode-tok-s", "400", "--request-timeout", "1",
-                     env=npu_sr_env)
+def test_request_timeout_holds_while_npu_image_work_keeps_the_npu(start_bridge, npu_sr_env, tmp_path):
+    hold = tmp_path / "npu-busy"
+    b = start_bridge("--sim-profile", "instant", "--request-timeout", "1",
+                     env={**npu_sr_env, "IMAGE_ENGINE_FAKE_RKNN_HOLD": str(hold)})
     assert b.post_json("/v1/generate", {**ASK, "max_new_tokens": 1})[0] == 200  # loaded and warm
-    def upscale():  # still running when the test ends: the bridge's stop ends it
-        try:
-            requests.post(b.url + "/image/superres", files={"file": ("a.png", png(900, 900), "image/png")},
-                          timeout=600)
-        except requests.RequestException:
-            pass
-
-    threading.Thread(target=upscale, daemon=True).start()
-    wait_for(lambda: "image" in b.get_json("/health")[1]["npu"]["busy"], timeout=60, interval=0.05,
-             what="SR tiles on the NPU")
-    started = time.monotonic()
-    r = requests.post(b.url + "/v1/generate", json=ASK, timeout=120)
-    took = time.monotonic() - started
-    last = [json.loads(x) for x in r.text.splitlines() if x][-1]
-    assert r.status_code == 200 and last["finish_reason"] == "timeout", last
-    print(f"reply {took:.3f} s after it was sent, deadline 1 s")
+    hold.touch()  # from now on the fake RKNNLite's inference waits until this file is gone: one long NPU call
+    sr = threading.Thread(target=lambda: requests.post(b.url + "/image/superres", files={
+        "file": ("a.png", png(64, 64), "image/png")}, timeout=120))
+    sr.start()
+    try:
+        wait_for(lambda: b.get_json("/health")[1]["npu"]["busy"] == ["image"], timeout=60,
+                 what="the SR tile holding the NPU")
+        started = time.monotonic()
+        r = requests.post(b.url + "/v1/generate", json=ASK, timeout=30)
+        took = time.monotonic() - started
+        last = [json.loads(x) for x in r.text.splitlines() if x][-1]
+        assert r.status_code == 200 and last["finish_reason"] == "timeout", last
+        assert last["usage"]["completion_tokens"] == 0
+        assert b.get_json("/health")[1]["npu"]["busy"] == ["image"], "the reply came while the NPU was held"
+        print(f"reply {took:.3f} s after it was sent, deadline 1 s")
+    finally:
+        hold.unlink()
+        sr.join(120)
