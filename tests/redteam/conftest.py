@@ -9,7 +9,7 @@ import pytest
 
 from image_engine.config import DEFAULT_SR_MODEL
 
-from ..support import ServerProcess
+from ..support import ServerProcess, bridge_argv
 
 
 @pytest.fixture
@@ -24,6 +24,13 @@ def start_image_service():
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def plain_bridge(sim_models_dir):
+    """One sim bridge with the default settings, shared by the red-team tests that need nothing else."""
+    with ServerProcess(bridge_argv(sim_models_dir, "sim", "--sim-profile", "instant", "--no-restore")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ def rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
-def test_twelve_1mb_prompts_leave_rss_on_a_plateau(start_bridge):
-    b = start_bridge("--sim-profile", "instant")
+def test_twelve_1mb_prompts_leave_rss_on_a_plateau(plain_bridge):
+    b = plain_bridge
     body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": MB_PROMPT}]}
     after = []
     for path in ["/v1/chat/completions", "/api/chat", "/generate"] * 4:
