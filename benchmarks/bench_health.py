@@ -96,7 +96,7 @@ def run() -> str:
             proc.wait(30)
         (tmp / "sr.onnx").write_bytes(DEFAULT_SR_MODEL.read_bytes())
         (tmp / "sr.rknn").write_bytes(b"RKNN placeholder: the fake runtime reads sr.onnx")
-        env = {"IMAGE_ENGINE_FAKE_RKNN": "1", "SR_MODEL_PATH": str(tmp / "sr.rknn"),
+        env = {"IMAGE_ENGINE_FAKE_RKNN": "1", "RKLLAMA_BRIDGE_SR_MODEL_PATH": str(tmp / "sr.rknn"),
                "IMAGE_ENGINE_FAKE_RKNN_HOLD": str(tmp / "npu-busy")}
         proc, url = start_server([*base, "--request-timeout", "1"], tmp, "bridge-deadline", env=env)
         try:

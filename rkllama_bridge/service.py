@@ -357,10 +357,11 @@ class BridgeService:
             params = GenerationParams(**{**params.__dict__, "max_new_tokens": room})
         return params
 
-    def _record(self, name: str, prompt_ids: Sequence[int]) -> None:
+    def _record(self, name: str, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         if self.options.record_prompts is None:
             return
-        line = json.dumps({"model": name, "prompt_token_ids": list(prompt_ids), "time": time.time()})
+        line = json.dumps({"model": name, "prompt_token_ids": list(prompt_ids), "time": time.time(),
+                           "params": params.__dict__})
         with self._record_lock, open(self.options.record_prompts, "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
@@ -403,7 +404,7 @@ class BridgeService:
             self.lifecycle.done(entry)
             raise
         entry.last_used = time.time()
-        self._record(name, prompt_ids)
+        self._record(name, prompt_ids, params)
         return Generation(self, entry, handle, list(prompt_ids), params, client_gone, received, deadline)
 
     def _check_prompt(self, stored: StoredModel, prompt_ids: Sequence[int], params: GenerationParams) -> None:

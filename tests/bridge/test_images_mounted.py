@@ -47,7 +47,7 @@ def npu_sr_env(tmp_path) -> dict:
 
     shutil.copy(DEFAULT_SR_MODEL, tmp_path / "sr.onnx")
     (tmp_path / "sr.rknn").write_bytes(b"RKNN placeholder: the fake runtime reads sr.onnx")
-    return {"IMAGE_ENGINE_FAKE_RKNN": "1", "SR_MODEL_PATH": str(tmp_path / "sr.rknn")}
+    return {"IMAGE_ENGINE_FAKE_RKNN": "1", "RKLLAMA_BRIDGE_SR_MODEL_PATH": str(tmp_path / "sr.rknn")}
 
 
 def test_image_work_on_the_npu_takes_turns_with_a_running_llm_stream(start_bridge, tmp_path):

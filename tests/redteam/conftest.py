@@ -39,7 +39,7 @@ def npu_sr_env(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("npu-sr")
     shutil.copy(DEFAULT_SR_MODEL, d / "sr.onnx")
     (d / "sr.rknn").write_bytes(b"RKNN placeholder: the fake runtime reads sr.onnx")
-    return {"IMAGE_ENGINE_FAKE_RKNN": "1", "SR_MODEL_PATH": str(d / "sr.rknn")}
+    return {"IMAGE_ENGINE_FAKE_RKNN": "1", "RKLLAMA_BRIDGE_SR_MODEL_PATH": str(d / "sr.rknn")}
 
 
 def png(width: int, height: int) -> bytes:
