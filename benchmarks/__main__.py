@@ -7,7 +7,7 @@ import importlib
 import sys
 
 BENCHMARKS = ["bench_bridge", "bench_engine", "bench_sr", "bench_lcm", "bench_pool", "bench_conversation",
-              "bench_hostile"]
+              "bench_hostile", "bench_health"]
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,7 @@ from flask import Flask, jsonify
 
 from rk_common import flask_http
 from rk_common.auth import bearer_auth
+from rk_common.http_front import Lane
 
 from .config import EngineConfig
 from .errors import ImageEngineError
@@ -36,6 +37,26 @@ def close_app(app: Flask) -> None:
             log.exception("closing %s failed", name)
 
 
+def image_lanes(app: Flask, prefix: str = "") -> list[Lane]:
+    """The thread lanes of the image jobs of ``app``: each service gets threads for its workers and its
+    queue, so image work can never occupy the threads of other routes, and one request beyond that gets
+    a 429 from the front without taking a thread."""
+    services = app.extensions.get(SERVICES_KEY, {})
+    lanes = []
+    sr = services.get("sr")
+    if sr is not None and sr.enabled:
+        n = sr.config.num_workers + sr.config.queue_max
+        lanes.append(Lane("sr", (prefix + "/superres",), n, n))
+    generate = services.get("generate")
+    if generate is not None and generate.config.configured:
+        n = generate.config.num_workers + generate.config.queue_max
+        lanes.append(Lane("lcm", tuple(prefix + p for p in GENERATE_PATHS), n, n))
+    return lanes
+
+
+GENERATE_PATHS = ("/generate", "/inference", "/v1/images/generations")
+
+
 def create_app(config: EngineConfig) -> Flask:
     """Build the app; raises :class:`~image_engine.errors.RuntimeFailure` if a model cannot be loaded."""
     app = Flask("image_engine")
@@ -54,7 +75,9 @@ def create_app(config: EngineConfig) -> Flask:
     @app.get("/health")
     def health():
         services = app.extensions.get(SERVICES_KEY, {})
-        return jsonify({"status": "ok", **{name: s.stats() for name, s in services.items()}})
+        lanes = app.config.get("HTTP_LANES")
+        return jsonify({"status": "ok", **{name: s.stats() for name, s in services.items()},
+                        **({"threads": lanes()} if lanes else {})})
 
     return app
 

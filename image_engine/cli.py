@@ -31,22 +31,28 @@ def _write_port_file(path: Path, port: int) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the HTTP API with waitress until SIGTERM/SIGINT; services are closed on the way out."""
-    import waitress
+    from rk_common.http_front import create_front_server, ops_lane
+    from rk_common.memory import limit_malloc_arenas
 
-    from .app import close_app, create_app
+    from .app import close_app, create_app, image_lanes
 
     config = PROGRAM.load(args)
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
         log.warning("binding %s without a token: anyone on the network can use this service "
                     "(set --token or IMAGE_ENGINE_TOKEN)", config.host)
+    limit_malloc_arenas()
     app = create_app(config)
     try:
-        server = waitress.create_server(app, host=config.host, port=config.port,
-                                        threads=config.effective_http_threads,
-                                        clear_untrusted_proxy_headers=True,
-                                        # the app answers a JSON 413 below this; waitress's cap only
-                                        # bounds bodies sent without a Content-Length (chunked)
-                                        max_request_body_size=2 * config.max_body_bytes)
+        server = create_front_server(app, host=config.host, port=config.port,
+                                     threads=config.effective_http_threads,
+                                     lanes=[ops_lane(), *image_lanes(app)],
+                                     header_timeout_s=config.header_timeout,
+                                     max_connections=config.max_connections,
+                                     clear_untrusted_proxy_headers=True,
+                                     # the app answers a JSON 413 below this; waitress's cap only
+                                     # bounds bodies sent without a Content-Length (chunked)
+                                     max_request_body_size=2 * config.max_body_bytes)
+        app.config["HTTP_LANES"] = server.lane_stats
         port = int(server.effective_port)
         if config.port_file is not None:
             _write_port_file(config.port_file, port)

@@ -152,6 +152,9 @@ class EngineConfig:
     http_threads: int = setting(0, "HTTP threads (0: workers + queues + 4, at most 64)", name="threads", minimum=0)
     token: Optional[str] = setting(None, "bearer token required on every route but /health")
     max_json_bytes: int = setting(1024 * 1024, "largest JSON request body", minimum=1)
+    header_timeout: float = setting(10.0, "seconds a request's head may take from its first byte (then 408)",
+                                    minimum=0.001)
+    max_connections: int = setting(500, "open connections beyond which a new one gets a JSON 503", minimum=1)
     sr: SRConfig = section(SRConfig, "sr_", alias_prefix="SR_")
     generate: GenConfig = section(GenConfig, "", alias_prefix="")
 

@@ -7,10 +7,14 @@ toolkit's simulator (``image_engine/rknn_sim.py``, tests/rknn_sim), because this
 dynamic-shape ONNX, so it accepts any tile size and any layout the ONNX accepts. For ``model.rknn`` it loads
 the sibling ``model.onnx``. Every inference is recorded in a class-level, thread-safe log so tests can see
 which core ran what, and when.
+
+``IMAGE_ENGINE_FAKE_RKNN_HOLD=<path>`` makes every inference wait while that file exists: an NPU kept busy
+by one long call for exactly as long as a test needs (a real RK3588 UNet step holds it ~5 s).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -29,6 +33,16 @@ class FakeCall:
     start: float
     end: float
     thread: str
+
+
+HOLD_ENV = "IMAGE_ENGINE_FAKE_RKNN_HOLD"
+HOLD_POLL_S = 0.01
+
+
+def _wait_while_held() -> None:
+    hold = os.environ.get(HOLD_ENV)
+    while hold and Path(hold).exists():
+        time.sleep(HOLD_POLL_S)
 
 
 class FakeRKNNLite:
@@ -94,6 +108,7 @@ class FakeRKNNLite:
                 arr = arr.transpose(0, 3, 1, 2)
             feeds[meta.name] = np.ascontiguousarray(arr)
         start = time.monotonic()
+        _wait_while_held()
         try:
             outputs = self._session.run(None, feeds)
         except Exception:  # noqa: BLE001 - RKNNLite reports failure as None, not as an exception

@@ -227,7 +227,8 @@ def load_runtime(path: Union[str, Path], backend: str = "auto", *, core_index: O
     """Load ``path`` on ``backend`` ("auto": RKNNLite for ``.rknn``, onnxruntime otherwise).
 
     ``core_index`` picks the NPU core (i % 3, None for AUTO); ``threads`` the onnxruntime thread count.
-    ``gate`` (a context-manager factory) is entered around every call: the bridge's NPU arbiter.
+    ``gate`` (a context-manager factory, the bridge's NPU arbiter) is entered around every call of a model
+    that runs on the NPU (RKNNLite); an onnxruntime model runs on the CPU and takes no NPU turns.
     ``rknn_lite_cls`` replaces RKNNLite (tests pass :class:`~image_engine.fake_rknn.FakeRKNNLite`; the
     environment variable ``IMAGE_ENGINE_FAKE_RKNN=1`` does the same for subprocesses).
     Raises :class:`RuntimeFailure` with the reason when the model cannot be loaded.
@@ -245,4 +246,4 @@ def load_runtime(path: Union[str, Path], backend: str = "auto", *, core_index: O
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS} or 'auto'")
     log.info("loaded %s on %s%s", path.name, backend,
              f" (core mask {runtime.core_mask})" if isinstance(runtime, RknnRuntime) else "")
-    return GatedRuntime(runtime, gate) if gate is not None else runtime
+    return GatedRuntime(runtime, gate) if gate is not None and backend == "rknnlite" else runtime

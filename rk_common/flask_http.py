@@ -21,8 +21,14 @@ def _never(path: str) -> bool:
 
 
 def error_response(exc: ApiError, openai: bool = False):
-    """``exc`` as a Flask response tuple (JSON body, status, headers)."""
-    return jsonify(exc.to_json(openai=openai)), exc.status, exc.headers
+    """``exc`` as a Flask response tuple (JSON body, status, headers); a 429 or 503 always says when to retry."""
+    headers = dict(exc.headers)
+    if exc.status in (429, 503):
+        headers.setdefault("Retry-After", RETRY_AFTER_S)
+    return jsonify(exc.to_json(openai=openai)), exc.status, headers
+
+
+RETRY_AFTER_S = "1"
 
 
 def _log_error(exc: ApiError) -> None:

@@ -11,6 +11,11 @@ queues behind it, so neither can starve the other):
   tokens: when someone else waits, the session lets them go first and then queues again, so an image
   job waiting behind a long reply gets the NPU within one token.
 
+A wait can be bounded: ``acquire``/``session`` take a ``deadline`` (``time.monotonic()``) and a
+``cancelled`` probe, checked while waiting; giving up raises :class:`NpuWaitAbandoned` and leaves the
+queue, so a request whose time ran out (``--request-timeout``) or whose client left does not wait
+for an image job to finish first.
+
 ``NpuArbiter(concurrent=True)`` (the bridge's ``--npu-concurrent``) lets everything through at once and
 only counts. Waits show in /metrics as ``bridge_npu_wait_seconds{kind}`` and yields as
 ``bridge_npu_yields_total{kind}``; ``snapshot()`` gives the same numbers.
@@ -22,9 +27,16 @@ import collections
 import threading
 import time
 from contextlib import contextmanager
-from typing import Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+PROBE_S = 0.02  # how often a bounded wait looks at its deadline and cancel probe
+
+CancelProbe = Callable[[], bool]
+
+
+class NpuWaitAbandoned(Exception):
+    """A bounded wait for the NPU gave up (its deadline passed or its probe said cancelled)."""
 
 
 class NpuArbiter:
@@ -49,20 +61,35 @@ class NpuArbiter:
 
     # -- holding the NPU ------------------------------------------------------------------------------
 
-    def acquire(self, kind: str) -> object:
-        """Block until the NPU is free for ``kind`` (FIFO between kinds); returns the ticket for ``release``."""
+    def acquire(self, kind: str, deadline: Optional[float] = None, cancelled: Optional[CancelProbe] = None) -> object:
+        """Block until the NPU is free for ``kind`` (FIFO between kinds); returns the ticket for ``release``.
+        Raises :class:`NpuWaitAbandoned` once ``deadline`` passes or ``cancelled()`` is true while waiting."""
         ticket = object()
         started = time.monotonic()
         with self._cond:
             if not self.concurrent:
                 self._queue.append((ticket, kind))
-                while not self._may_enter(ticket, kind):
-                    self._cond.wait()
-                self._queue.remove((ticket, kind))
+                try:
+                    while not self._may_enter(ticket, kind):
+                        self._wait(deadline, cancelled)
+                finally:
+                    self._queue.remove((ticket, kind))
+                    self._cond.notify_all()  # the next waiter may enter (with us, if of our kind)
                 self._holders[ticket] = kind
-                self._cond.notify_all()  # the next same-kind waiter may enter with us
         self._count(kind, time.monotonic() - started)
         return ticket
+
+    def _wait(self, deadline: Optional[float], cancelled: Optional[CancelProbe]) -> None:
+        """One wait on the condition (caller holds it); raises when the waiter gives up."""
+        if cancelled is not None and cancelled():
+            raise NpuWaitAbandoned("cancelled while waiting for the NPU")
+        if deadline is None:
+            self._cond.wait(PROBE_S if cancelled is not None else None)
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise NpuWaitAbandoned("the deadline passed while waiting for the NPU")
+        self._cond.wait(min(left, PROBE_S))
 
     def _may_enter(self, ticket: object, kind: str) -> bool:
         if any(k != kind for k in self._holders.values()):
@@ -94,9 +121,11 @@ class NpuArbiter:
             self.release(ticket)
 
     @contextmanager
-    def session(self, kind: str) -> Iterator["NpuSession"]:
-        """Hold the NPU for a long job that calls ``yield_point()`` between its steps."""
-        s = NpuSession(self, kind)
+    def session(self, kind: str, deadline: Optional[float] = None,
+                cancelled: Optional[CancelProbe] = None) -> Iterator["NpuSession"]:
+        """Hold the NPU for a long job that calls ``yield_point()`` between its steps; the waits (the first
+        and those after each yield) are bounded by ``deadline`` and ``cancelled`` as in :meth:`acquire`."""
+        s = NpuSession(self, kind, deadline, cancelled)
         try:
             yield s
         finally:
@@ -130,18 +159,30 @@ class NpuArbiter:
 class NpuSession:
     """The NPU held by one long job (see :meth:`NpuArbiter.session`)."""
 
-    def __init__(self, arbiter: NpuArbiter, kind: str):
+    def __init__(self, arbiter: NpuArbiter, kind: str, deadline: Optional[float] = None,
+                 cancelled: Optional[CancelProbe] = None):
         self.arbiter = arbiter
         self.kind = kind
-        self._ticket: Optional[object] = arbiter.acquire(kind)
+        self._deadline, self._cancelled = deadline, cancelled
+        self._ticket: Optional[object] = arbiter.acquire(kind, deadline, cancelled)
+
+    @property
+    def holding(self) -> bool:
+        return self._ticket is not None
 
     def yield_point(self) -> None:
-        """Between two steps: if another job waits, let it run first, then take the NPU back."""
+        """Between two steps: if another job waits, let it run first, then take the NPU back. If the wait
+        to take it back is abandoned the session holds nothing from then on: the job's owner, which saw
+        the same deadline or cancellation, is aborting it."""
         if self._ticket is None or self.arbiter.concurrent or not self.arbiter.contended(self.kind):
             return
         self.arbiter.release(self._ticket)
+        self._ticket = None
         self.arbiter._yielded(self.kind)
-        self._ticket = self.arbiter.acquire(self.kind)
+        try:
+            self._ticket = self.arbiter.acquire(self.kind, self._deadline, self._cancelled)
+        except NpuWaitAbandoned:
+            pass
 
     def close(self) -> None:
         if self._ticket is not None:

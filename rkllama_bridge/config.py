@@ -93,6 +93,11 @@ class BridgeConfig:
     npu_concurrent: bool = setting(False, "let LLM generation and image jobs use the NPU at the same time",
                                    why="off: concurrent use can freeze the NPU on RK3588, so they take turns "
                                        "per token / step")
+    header_timeout: float = setting(10.0, "seconds a request's head may take to arrive from its first byte, however "
+                                    "slowly it trickles in (then 408 and the connection closes)", positive=True,
+                                    why="a slowloris client resets no timer: 10 s is ample for any real client")
+    max_connections: int = setting(500, "open connections beyond which a new one gets a JSON 503 with Retry-After",
+                                   minimum=1, why="well above the threads: idle keep-alive clients hold one each")
     log_level: str = setting("INFO", "logging level", aliases=("RKLLAMA_BRIDGE_LOG",))
     sr: SRConfig = section(_bridge_sr, "sr_")
     generate: GenConfig = section(GenConfig, "image_")

@@ -48,18 +48,20 @@ def reply_room(fields: dict, stored) -> int:
         return 1  # an invalid value is reported by the parameter validation that follows
 
 
-def truncate_left(messages: List[dict], encode: Callable[[Sequence[dict]], List[int]],
+def truncate_left(messages: List[dict], encode: Callable[[Sequence[dict]], Optional[List[int]]],
                   budget: int) -> Tuple[List[int], int]:
-    """Drop the oldest non-system turns until ``encode(messages)`` is at most ``budget`` tokens.
+    """Drop the oldest non-system turns until ``encode(messages)`` is at most ``budget`` tokens
+    (``encode`` may answer None for "too long to be worth tokenizing").
     Returns (ids, number of messages dropped); raises ContextOverflow when nothing more can go."""
     kept = list(messages)
     dropped = 0
     ids = encode(kept)
-    while len(ids) > budget:
+    while ids is None or len(ids) > budget:
         index = _oldest_droppable(kept)
         if index is None:
+            size = "too many characters" if ids is None else f"{len(ids)} tokens"
             raise ContextOverflow(
-                f"even after dropping {dropped} older message(s) the prompt is {len(ids)} tokens, over the "
+                f"even after dropping {dropped} older message(s) the prompt is {size}, over the "
                 f"{budget} tokens left by the context once the reply's room is kept; shorten the last message "
                 f"or lower max_new_tokens")
         del kept[index]

@@ -4,7 +4,9 @@ models that were loaded before.
 
 ``keep_alive`` follows Ollama: a number is seconds, a string is a Go-style duration ("5m", "1h30m",
 "90s", "250ms") or a number in a string; 0 unloads the model as soon as the request is done; any
-negative value keeps it loaded forever (``None`` here).
+negative value keeps it loaded forever (``None`` here). A finite keep_alive is at most one year
+(``MAX_KEEP_ALIVE_S``): anything longer is a 400 that says to use -1, so no client can store a value
+that later breaks the arithmetic of ``expires_at`` (``1e308`` once made every ``/api/ps`` a 500).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 
 FOREVER = None  # keep_alive value meaning "never unload"
 DEFAULT_KEEP_ALIVE_S = 300.0  # Ollama's default: five minutes
+MAX_KEEP_ALIVE_S = 365 * 24 * 3600.0  # one year; longer means "forever": say -1
+MAX_INSTANCES = 64  # handles of one model a state file may ask for
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 
@@ -34,14 +38,18 @@ def parse_keep_alive(value: object, field: str = "keep_alive") -> Optional[float
         raise BadRequest(f"'{field}' must be a duration such as \"5m\", a number of seconds, 0 or -1",
                          code="invalid_parameter")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond float range
+            seconds = math.inf if value > 0 else -1.0
     elif isinstance(value, str):
         seconds = _parse_duration(value.strip(), field)
     else:
         raise BadRequest(f"'{field}' must be a string or a number, got {type(value).__name__}",
                          code="invalid_parameter")
-    if not math.isfinite(seconds):
-        raise BadRequest(f"'{field}' must be finite", code="invalid_parameter")
+    if math.isnan(seconds) or seconds > MAX_KEEP_ALIVE_S:
+        raise BadRequest(f"'{field}' must be at most one year ({MAX_KEEP_ALIVE_S:.0f} s); use -1 to keep the model "
+                         "loaded forever", code="invalid_parameter")
     return FOREVER if seconds < 0 else seconds
 
 
@@ -83,6 +91,27 @@ def default_state_path(models_dir: Path, port: int) -> Optional[Path]:
     return Path(user_cache_dir("rkllama-bridge")) / f"state-{key}-{port}.json"
 
 
+def _invalid_entry(item: object) -> Optional[str]:
+    """Why a state file entry cannot be restored, or None when it can."""
+    from .store import validate_name
+
+    if not isinstance(item, dict):
+        return "not an object"
+    try:
+        validate_name(item.get("name"))
+    except BadRequest as exc:
+        return exc.message
+    instances = item.get("instances")
+    if instances is not None and (isinstance(instances, bool) or not isinstance(instances, int)
+                                  or not 1 <= instances <= MAX_INSTANCES):
+        return f"instances must be an integer 1..{MAX_INSTANCES}"
+    keep = item.get("keep_alive_s", DEFAULT_KEEP_ALIVE_S)
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float))
+                             or not 0 <= keep <= MAX_KEEP_ALIVE_S):
+        return f"keep_alive_s must be null (forever) or 0..{MAX_KEEP_ALIVE_S:.0f} seconds"
+    return None
+
+
 class StateFile:
     """The set of loaded models, rewritten atomically on each load and unload (never at shutdown, so a
     restart finds what was loaded while the bridge ran)."""
@@ -102,7 +131,16 @@ class StateFile:
         if not isinstance(models, list):
             log.warning("ignoring state file %s: no 'models' list", self.path)
             return []
-        return [m for m in models if isinstance(m, dict) and isinstance(m.get("name"), str)]
+        return [entry for entry in (self._valid(i, m) for i, m in enumerate(models)) if entry is not None]
+
+    def _valid(self, index: int, item: object) -> Optional[dict]:
+        """Entry ``index`` as restore() takes it, or None (with a log line saying why it was dropped)."""
+        why = _invalid_entry(item)
+        if why:
+            log.warning("state file %s: dropping entry %d (%s): %s", self.path, index, why, str(item)[:120])
+            return None
+        return {"name": item["name"], "instances": item.get("instances"),
+                "keep_alive_s": item.get("keep_alive_s", DEFAULT_KEEP_ALIVE_S)}
 
     def write(self, models: List[dict]) -> None:
         try:

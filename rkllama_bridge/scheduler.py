@@ -23,7 +23,6 @@ class HandleQueue:
         self._idle = collections.deque(self.handles)
         self._waiting: collections.deque = collections.deque()
         self._cond = threading.Condition()
-        self.retired = False
 
     @property
     def busy(self) -> int:

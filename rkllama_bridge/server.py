@@ -52,8 +52,9 @@ def build_service(config: BridgeConfig) -> BridgeService:
 
 
 def serve(config: BridgeConfig) -> int:
-    from waitress import create_server
+    from rk_common.memory import limit_malloc_arenas
 
+    limit_malloc_arenas()  # before any request thread exists
     service = build_service(config)
     log.info("runtime: %s", service.runtime.describe().get("label"))
     for name in config.preload:
@@ -65,12 +66,7 @@ def serve(config: BridgeConfig) -> int:
     app = create_app(service, token=config.token, max_body_bytes=config.max_body_bytes)
     if config.images:
         mount_images(app, service, config)
-    server = create_server(app, host=config.host, port=config.port, threads=config.wsgi_threads,
-                           channel_request_lookahead=1,
-                           # waitress's own limit only guards against absurd bodies (it answers in plain
-                           # text); the app's limit below it answers a JSON 413.
-                           max_request_body_size=4 * config.max_body_bytes,
-                           ident="rkllama-bridge")
+    server = create_server(app, config)
     port = server.effective_port
     if config.port_file:
         tmp = Path(str(config.port_file) + ".tmp")
@@ -99,6 +95,30 @@ def serve(config: BridgeConfig) -> int:
 
             close_app(app)
     return 0
+
+
+def create_server(app, config: BridgeConfig):
+    """The HTTP front of the bridge. One thread budget: the default pool serves the LLM routes (every
+    queued or streaming request holds a thread), each image service has a lane sized to its workers and
+    queue, and /health and /metrics have threads that no queued work can take."""
+    from rk_common.http_front import create_front_server, ops_lane
+
+    lanes = [ops_lane()]
+    if config.images:
+        from image_engine.app import image_lanes
+
+        lanes += image_lanes(app, "/image")
+    server = create_front_server(app, host=config.host, port=config.port, threads=config.wsgi_threads,
+                                 lanes=lanes, header_timeout_s=config.header_timeout,
+                                 max_connections=config.max_connections, channel_request_lookahead=1,
+                                 # waitress's own limit only guards against absurd bodies; the app's
+                                 # limit below it answers a 413 with the limit in the message.
+                                 max_request_body_size=4 * config.max_body_bytes, ident="rkllama-bridge")
+    app.config["HTTP_LANES"] = server.lane_stats
+    budget = sum(lane["threads"] for lane in server.lane_stats().values() if "threads" in lane)
+    log.info("thread budget %d: %s", budget, ", ".join(f"{name} {lane['threads']}" for name, lane in
+                                                       server.lane_stats().items() if "threads" in lane))
+    return server
 
 
 def mount_images(app, service: BridgeService, config: BridgeConfig) -> None:

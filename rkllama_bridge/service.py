@@ -16,13 +16,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .arbiter import NpuArbiter
+from .arbiter import NpuArbiter, NpuWaitAbandoned
 from .context import check_truncate, reply_room, truncate_left
 from .errors import BadRequest, BridgeError, ContextOverflow, ModelUnavailable
 from .lifecycle import DEFAULT_KEEP_ALIVE_S, StateFile, describe_keep_alive, parse_keep_alive, weights_size_mb
 from .metrics import BridgeMetrics
+from .model_lifecycle import KeepAlive, LoadPlan, ModelLifecycle
 from .params import generation_params
 from .runtimes.base import (
     GenerationFailed,
@@ -66,7 +67,7 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
     keep_alive_s: Optional[float] = DEFAULT_KEEP_ALIVE_S  # None: forever
-    serving: int = 0  # requests holding or waiting for a handle
+    serving: int = 0  # requests admitted (holding or waiting for a handle); changed by ModelLifecycle only
 
     @property
     def expires_at(self) -> Optional[float]:
@@ -100,6 +101,22 @@ class ServiceOptions:
 
 
 REAPER_MAX_SLEEP_S = 0.5
+# A prompt longer than NUM_CTX x this many characters cannot fit: it is refused before tokenizing, since
+# templating and tokenizing a megabyte costs seconds of CPU and ~90 MB of peak memory for nothing. A token
+# of the models served here covers ~4 characters on average and rarely more than 16.
+MAX_CHARS_PER_TOKEN = 16
+
+
+def _with_system(stored: StoredModel, messages: Sequence[dict]) -> List[dict]:
+    """The conversation with the Modelfile's SYSTEM prompt first, unless it brings a system message."""
+    messages = list(messages)
+    if stored.system_prompt and not any(m.get("role") == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": stored.system_prompt})
+    return messages
+
+
+def _chars(messages: Sequence[dict]) -> int:
+    return sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else 0 for m in messages)
 
 
 class BridgeService:
@@ -110,11 +127,11 @@ class BridgeService:
         self.options = options
         self.metrics = metrics or BridgeMetrics()
         self.metrics.bind(self)
-        self._loaded: Dict[str, LoadedModel] = {}
-        self._lock = threading.RLock()
-        self._load_locks: Dict[str, threading.Lock] = {}
-        self._memory_lock = threading.Lock()  # one memory check + load at a time
         self._record_lock = threading.Lock()
+        self._reaper_lock = threading.Lock()
+        self._state_lock = threading.Lock()  # one state file write at a time
+        self.lifecycle = ModelLifecycle(self._plan_load, options.max_memory_mb, on_change=self._lifecycle_changed,
+                                        on_release=self._reaper_wake_set)
         self._current: Optional[str] = None
         self._state = StateFile(options.state_file) if options.state_file else None
         self._closing = False
@@ -124,7 +141,7 @@ class BridgeService:
         self.arbiter = NpuArbiter(concurrent=options.npu_concurrent)
         self.arbiter.register_metrics(self.metrics.registry)
 
-    # -- model lifecycle ------------------------------------------------------------------------------
+    # -- model lifecycle (owned by ``self.lifecycle``) ------------------------------------------------
 
     def model_spec(self, stored: StoredModel) -> ModelSpec:
         return ModelSpec(name=stored.name, directory=stored.directory,
@@ -132,39 +149,20 @@ class BridgeService:
                          num_ctx=stored.num_ctx, eos_token_ids=tuple(stored.tokenizer.eos_token_ids),
                          vocab_size=stored.tokenizer.vocab_size, options=dict(stored.modelfile.raw))
 
-    def load(self, name: str, keep_alive_s: Union[Optional[float], str] = "default",
-             instances: Optional[int] = None) -> LoadedModel:
+    def _plan_load(self, name: str, instances: Optional[int]) -> LoadPlan:
+        """What loading ``name`` takes; raises 400/404 for a bad or unknown name before any state exists."""
+        stored = self.store.get(name)
+        spec = self.model_spec(stored)
+        count = instances or int(stored.modelfile.get("INSTANCES", self.options.instances))
+        return LoadPlan(count * self.estimate_mb(spec), lambda: self._create(stored, spec, count))
+
+    def load(self, name: str, keep_alive_s: KeepAlive = "default", instances: Optional[int] = None) -> LoadedModel:
         """Load ``name`` if it is not loaded yet (concurrent callers wait for the same load). A given
         ``keep_alive_s`` (seconds, None = forever) replaces the model's, as an Ollama request does."""
-        entry = self._load(name, instances)
-        if keep_alive_s != "default" and keep_alive_s != entry.keep_alive_s:
-            entry.keep_alive_s = keep_alive_s
-            self._save_state()
-            self._reaper_wake.set()
-        return entry
-
-    def _load(self, name: str, instances: Optional[int]) -> LoadedModel:
-        with self._lock:
-            entry = self._loaded.get(name)
-            if entry:
-                self._current = name
-                return entry
-            load_lock = self._load_locks.setdefault(name, threading.Lock())
-        with load_lock:
-            with self._lock:
-                if name in self._loaded:
-                    return self._loaded[name]
-            stored = self.store.get(name)
-            spec = self.model_spec(stored)
-            count = instances or int(stored.modelfile.get("INSTANCES", self.options.instances))
-            with self._memory_lock:
-                self._make_room(name, count * self.estimate_mb(spec))
-                entry = self._create(stored, spec, count)
-            with self._lock:
-                self._loaded[name] = entry
-                self._current = name
-        self._save_state()
+        entry = self.lifecycle.use(name, keep_alive_s, instances)
+        self._current = name
         self._start_reaper()
+        self.lifecycle.done(entry)
         return entry
 
     def _create(self, stored: StoredModel, spec: ModelSpec, count: int) -> LoadedModel:
@@ -187,82 +185,51 @@ class BridgeService:
         estimate = getattr(self.runtime, "estimate_mb", None)
         return float(estimate(spec)) if callable(estimate) else weights_size_mb(spec.weights)
 
-    def _make_room(self, name: str, need_mb: float) -> None:
-        """Unload least recently used idle models until ``need_mb`` more fits under max_memory_mb."""
-        limit = self.options.max_memory_mb
-        if limit is None:
-            return
-        if need_mb > limit:
-            raise ModelUnavailable(f"model {name} needs about {need_mb:.0f} MB, more than --max-memory-mb "
-                                   f"{limit:.0f}", code="insufficient_memory")
-        while True:
-            loaded = self.loaded()
-            used = sum(e.memory_mb for e in loaded)
-            if used + need_mb <= limit:
-                return
-            idle = sorted((e for e in loaded if not e.serving), key=lambda e: e.last_used)
-            if not idle:
-                raise ModelUnavailable(
-                    f"loading {name} (about {need_mb:.0f} MB) would exceed --max-memory-mb {limit:.0f} "
-                    f"({used:.0f} MB in use) and every loaded model is serving; retry later",
-                    code="insufficient_memory", headers={"Retry-After": "5"})
-            victim = idle[0]
-            log.info("unloading %s (idle since %.1f s, %.0f MB) to make room for %s", victim.name,
-                     time.time() - victim.last_used, victim.memory_mb, name)
-            self.unload(victim.name)
-
     def unload(self, name: str, timeout: float = 60.0) -> bool:
-        with self._lock:
-            entry = self._loaded.pop(name, None)
-            if self._current == name:
-                self._current = next(reversed(self._loaded), None) if self._loaded else None
-        if entry is None:
-            return False
-        entry.queue.retired = True
-        if not entry.queue.wait_idle(timeout):
-            log.warning("unloading %s while requests still run: aborting them", name)
-            for h in entry.queue.handles:
-                h.abort()
-            entry.queue.wait_idle(timeout)
-        for h in entry.queue.handles:
-            h.close()
-        log.info("unloaded %s", name)
-        self._save_state()
-        return True
+        return self.lifecycle.unload(name, timeout)
 
     def close(self) -> None:
         self._closing = True  # the state file keeps what was loaded, for the next start
         self._reaper_wake.set()
-        for name in list(self._loaded):
+        for name in self.lifecycle.names():
             self.unload(name, timeout=5.0)
 
     def loaded(self) -> List[LoadedModel]:
-        with self._lock:
-            return list(self._loaded.values())
+        return self.lifecycle.loaded()
 
-    def lifecycle(self) -> List[dict]:
-        """Per loaded model: keep_alive and when it expires (for /health and /api/ps)."""
+    def lifecycle_view(self) -> List[dict]:
+        """Per model with handles: state, keep_alive and when it expires (for /health)."""
         out = []
-        for e in self.loaded():
+        for state, e in self.lifecycle.entries():
             expires = e.expires_at
-            out.append({"name": e.name, "keep_alive": describe_keep_alive(e.keep_alive_s),
+            out.append({"name": e.name, "state": state, "keep_alive": describe_keep_alive(e.keep_alive_s),
                         "expires_at": None if expires is None else round(expires, 3), "serving": e.serving,
                         "memory_mb": round(e.memory_mb, 1), "last_used": e.last_used})
         return out
 
+    def memory_view(self) -> dict:
+        """Memory counted for eviction, and the handles it counts (for /health)."""
+        return {"accounted_mb": round(self.lifecycle.accounted_mb(), 1), "limit_mb": self.options.max_memory_mb,
+                "tracked_models": self.lifecycle.slot_count()}
+
     # -- keep_alive, state file, restore --------------------------------------------------------------
+
+    def _lifecycle_changed(self) -> None:
+        self._save_state()
+        self._reaper_wake.set()
 
     def _save_state(self) -> None:
         if self._state is None or self._closing:
             return
-        self._state.write([{"name": e.name, "instances": len(e.queue.handles), "keep_alive_s": e.keep_alive_s}
-                           for e in self.loaded()])
+        with self._state_lock:
+            self._state.write([{"name": e.name, "instances": len(e.queue.handles),
+                                "keep_alive_s": e.keep_alive_s} for e in self.loaded()])
 
     def restore(self, background: bool = True) -> List[str]:
         """Load again the models the state file lists (in a thread by default). Returns their names."""
         if self._state is None:
             return []
-        wanted = self._state.read()
+        wanted = self._state.read()  # entries already validated: bad ones are dropped with a log line
         names = [m["name"] for m in wanted]
         if names:
             log.info("restoring %d model(s) loaded before the restart: %s", len(names), ", ".join(names))
@@ -270,9 +237,7 @@ class BridgeService:
         def run():
             for item in wanted:
                 try:
-                    keep = item.get("keep_alive_s", DEFAULT_KEEP_ALIVE_S)
-                    self.load(item["name"], keep if isinstance(keep, (int, float)) or keep is None else "default",
-                              instances=item.get("instances") if isinstance(item.get("instances"), int) else None)
+                    self.load(item["name"], item["keep_alive_s"], instances=item["instances"])
                 except BridgeError as exc:
                     log.warning("could not restore %s: %s", item["name"], exc.message)
         if background:
@@ -282,7 +247,7 @@ class BridgeService:
         return names
 
     def _start_reaper(self) -> None:
-        with self._lock:
+        with self._reaper_lock:
             if self._reaper is None:
                 self._reaper = threading.Thread(target=self._reap_forever, name="keep-alive-reaper", daemon=True)
                 self._reaper.start()
@@ -294,37 +259,26 @@ class BridgeService:
 
     def reap_once(self) -> float:
         """Unload the idle models whose keep_alive ran out; returns how long to sleep until the next."""
-        now, sleep = time.time(), REAPER_MAX_SLEEP_S
-        for entry in self.loaded():
-            expires = entry.expires_at
-            if entry.serving or expires is None:
-                continue
-            if expires <= now:
-                log.info("unloading %s: idle for its keep_alive of %s", entry.name,
-                         describe_keep_alive(entry.keep_alive_s))
-                self.unload(entry.name)
-            else:
-                sleep = min(sleep, expires - now)
-        return max(0.01, sleep)
+        return max(0.01, min(REAPER_MAX_SLEEP_S, self.lifecycle.expire(time.time())))
 
-    def _serving(self, entry: LoadedModel, delta: int) -> None:
-        with self._lock:
-            entry.serving += delta
-            if delta < 0:
-                entry.last_used = time.time()
-        if delta < 0:
-            self._reaper_wake.set()
+    def _reaper_wake_set(self) -> None:
+        self._reaper_wake.set()
 
     @property
     def current_model(self) -> Optional[str]:
-        return self._current
+        """The model last loaded or used, while it is loaded; else the last loaded one still loaded."""
+        names = [e.name for e in self.loaded()]
+        if self._current in names:
+            return self._current
+        return names[-1] if names else None
 
     def resolve_model(self, name: Optional[str]) -> str:
         """The model a request means: the one it names, else the current one, else the default/only one."""
         if name:
             return name
-        if self._current:
-            return self._current
+        current = self.current_model
+        if current:
+            return current
         if self.options.default_model:
             return self.options.default_model
         names = self.store.names()
@@ -336,14 +290,42 @@ class BridgeService:
 
     def chat_prompt_ids(self, stored: StoredModel, messages: Sequence[dict], **template_extra) -> List[int]:
         """The token ids of the conversation as the model's chat template writes it. The Modelfile's
-        SYSTEM prompt is used only when the conversation brings no system message of its own."""
-        messages = list(messages)
-        if stored.system_prompt and not any(m.get("role") == "system" for m in messages):
-            messages.insert(0, {"role": "system", "content": stored.system_prompt})
+        SYSTEM prompt is used only when the conversation brings no system message of its own. A
+        conversation with more characters than the context can hold is refused before templating."""
+        messages = _with_system(stored, messages)
+        self._check_chars(stored, _chars(messages))
+        return self._encode_chat(stored, messages, **template_extra)
+
+    def _bounded_chat_ids(self, stored: StoredModel, messages: Sequence[dict], **template_extra) -> Optional[List[int]]:
+        """The conversation's ids, or None when it has too many characters to fit (nothing tokenized)."""
+        messages = _with_system(stored, messages)
+        if _chars(messages) > self.prompt_char_limit(stored):
+            return None
+        return self._encode_chat(stored, messages, **template_extra)
+
+    @staticmethod
+    def _encode_chat(stored: StoredModel, messages: List[dict], **template_extra) -> List[int]:
         try:
             return stored.tokenizer.encode_chat(messages, **template_extra)
         except ValueError as exc:
             raise BadRequest(str(exc), code="invalid_messages") from None
+
+    def encode_text(self, stored: StoredModel, text: str) -> List[int]:
+        """``text`` as token ids, refused (400) before tokenizing when it cannot fit the context."""
+        self._check_chars(stored, len(text))
+        return stored.tokenizer.encode(text)
+
+    def prompt_char_limit(self, stored: StoredModel) -> int:
+        """The most characters of prompt tokenized for ``stored``: more cannot fit its context."""
+        return stored.num_ctx * MAX_CHARS_PER_TOKEN
+
+    def _check_chars(self, stored: StoredModel, chars: int) -> None:
+        limit = self.prompt_char_limit(stored)
+        if chars > limit:
+            raise ContextOverflow(
+                f"prompt of {chars} characters cannot fit the context of {stored.num_ctx} tokens (NUM_CTX) of model "
+                f"{stored.name}: at most {limit} characters are tokenized; shorten the conversation or send "
+                "\"truncate\": \"left\"")
 
     def fitted_prompt_ids(self, stored: StoredModel, messages: Sequence[dict], fields: dict,
                           truncate: Optional[str] = None, **template_extra) -> Tuple[List[int], int]:
@@ -351,11 +333,12 @@ class BridgeService:
         see ``context.TRUNCATE_POLICIES``. Without a policy nothing is dropped (an overflow is a 400)."""
         policy = check_truncate(truncate)
 
-        def encode(msgs):
-            return self.chat_prompt_ids(stored, msgs, **template_extra)
-
         if policy == "none":
-            return encode(messages), 0
+            return self.chat_prompt_ids(stored, messages, **template_extra), 0
+
+        def encode(msgs):  # None: too many characters to be worth tokenizing (a turn more must go)
+            return self._bounded_chat_ids(stored, msgs, **template_extra)
+
         budget = stored.num_ctx - reply_room(fields, stored)
         return truncate_left(list(messages), encode, budget)
 
@@ -411,22 +394,15 @@ class BridgeService:
             raise BadRequest("the prompt is empty", code="empty_prompt")
         received = time.monotonic()
         deadline = received + self.options.request_timeout_s if self.options.request_timeout_s else None
-        for _ in range(3):  # the model may be unloaded (keep_alive, eviction) between load and acquire
-            entry = self.load(name, keep_alive)
+        entry = self.lifecycle.use(name, keep_alive)  # admitted: it cannot be unloaded under this request
+        self._current = name
+        self._start_reaper()
+        try:
             self._check_prompt(entry.stored, prompt_ids, params)
-            self._serving(entry, +1)
-            try:
-                handle = self._acquire(entry, _queue_deadline(client_gone, deadline), prompt_ids)
-            except BaseException:
-                self._serving(entry, -1)
-                raise
-            if not entry.queue.retired:
-                break
-            entry.queue.release(handle)
-            self._serving(entry, -1)
-        else:
-            raise ModelUnavailable(f"model {name} was unloaded while this request waited; retry",
-                                   headers={"Retry-After": "1"})
+            handle = self._acquire(entry, _queue_deadline(client_gone, deadline), prompt_ids)
+        except BaseException:
+            self.lifecycle.done(entry)
+            raise
         entry.last_used = time.time()
         self._record(name, prompt_ids, params)
         return Generation(self, entry, handle, list(prompt_ids), params, client_gone, received, deadline)
@@ -494,11 +470,21 @@ class Generation:
         self._worker.start()
         self._events = self._run()
 
+    def _giving_up(self) -> bool:
+        """Whether this request no longer wants the NPU: aborted, or past its deadline."""
+        return self._cancelled or (self.deadline is not None and time.monotonic() > self.deadline)
+
+    def _not_started(self) -> GenerationResult:
+        """The result of a request that gave up before the runtime ran it."""
+        if not self._cancelled:
+            self._timed_out = True  # its deadline passed while it waited for the NPU
+        return GenerationResult("abort", len(self.prompt_ids), 0)
+
     def _work(self) -> None:
         try:
-            with self.service.arbiter.session("llm") as npu:
-                if self._cancelled:  # given up while waiting for the NPU: do not start
-                    self._q.put(GenerationResult("abort", len(self.prompt_ids), 0))
+            with self.service.arbiter.session("llm", self.deadline, self._giving_up) as npu:
+                if self._giving_up():  # checked again once the NPU is ours: do not start
+                    self._q.put(self._not_started())
                     return
                 self.handle.npu_yield = npu.yield_point
                 try:
@@ -507,6 +493,9 @@ class Generation:
                 finally:
                     self.handle.npu_yield = None
             self._q.put(result)
+        except NpuWaitAbandoned as exc:
+            log.info("a %s request left the NPU queue before it started: %s", self.entry.name, exc)
+            self._q.put(self._not_started())
         except GenerationFailed as exc:
             self._q.put(exc)
         except Exception as exc:  # a runtime bug must end this request visibly, not hang it
@@ -591,7 +580,7 @@ class Generation:
         self._worker.join()
         self.service.metrics.active(self.entry.name, -1)
         self.entry.queue.release(self.handle)
-        self.service._serving(self.entry, -1)
+        self.service.lifecycle.done(self.entry)
 
     def close(self) -> None:
         self._events.close()  # runs _run's finally if it started

@@ -19,9 +19,15 @@ def health():
                "memory_mb": round(e.memory_mb, 1), "last_used": e.last_used} for e in svc.loaded()]
     return jsonify({"status": "ok", "runtime": svc.runtime.describe(), "models": models,
                     "queue_max": svc.options.queue_max, "active": sum(snap["active"].values()),
-                    "aborts_total": snap["aborts_total"], "lifecycle": svc.lifecycle(),
-                    "npu": svc.arbiter.snapshot(), "uptime_s": round(time.monotonic() - current_app.config[
-                        "BRIDGE_STARTED"], 3)})
+                    "aborts_total": snap["aborts_total"], "lifecycle": svc.lifecycle_view(),
+                    "memory": svc.memory_view(), "npu": svc.arbiter.snapshot(), "threads": _lanes(),
+                    "uptime_s": round(time.monotonic() - current_app.config["BRIDGE_STARTED"], 3)})
+
+
+def _lanes():
+    """Threads and requests in flight per lane of the HTTP front (None when served otherwise, e.g. tests)."""
+    lanes = current_app.config.get("HTTP_LANES")
+    return lanes() if lanes else None
 
 
 @bp.get("/metrics")

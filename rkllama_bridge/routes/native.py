@@ -67,7 +67,7 @@ def tokenize():
         text = optional_str(body, "text")
         if text is None:
             raise BadRequest("give 'text' or 'messages'", code="invalid_prompt")
-        ids = stored.tokenizer.encode(text)
+        ids = svc.encode_text(stored, text)
     return jsonify({"model": stored.name, "token_ids": ids, "count": len(ids)})
 
 

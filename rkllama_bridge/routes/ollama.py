@@ -209,7 +209,7 @@ def generate():
     if optional_bool(body, "raw", False):
         name = svc.resolve_model(model_field(body, "model"))
         stored = svc.load(name, svc.keep_alive_field(keep)).stored
-        prompt_ids = stored.tokenizer.encode(prompt)
+        prompt_ids = svc.encode_text(stored, prompt)
         params = svc.params_for(stored, fields, len(prompt_ids))
         generation = svc.start(name, prompt_ids, params, client_gone_probe(), keep_alive=svc.keep_alive_field(keep))
     else:

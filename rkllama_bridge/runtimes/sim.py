@@ -78,12 +78,13 @@ class SimRuntime(Runtime):
         self.label = (f"simulated RK3588 ({self.profile.name}: {self.profile.prefill_ms_per_token:.2f} ms/prompt "
                       f"token, {self.profile.decode_tok_s or 'unthrottled'} tok/s)")
         self._tokenizer_for = tokenizer_for  # name -> ChatTokenizer, to turn the reply text into real ids
+        self.handles = HandleCensus()
 
     def describe(self) -> dict:
         p = self.profile
         return {"name": self.name, "label": self.label, "simulated": True, "profile": p.name,
                 "prefill_ms_per_token": p.prefill_ms_per_token, "decode_tok_s": p.decode_tok_s,
-                "load_s": p.load_s, "source": p.source}
+                "load_s": p.load_s, "source": p.source, "handles": self.handles.snapshot()}
 
     def estimate_mb(self, spec: ModelSpec) -> float:
         """The profile's memory: what one loaded instance will take."""
@@ -100,12 +101,37 @@ class SimRuntime(Runtime):
             reply_len = int(spec.options.get("SIM_REPLY_TOKENS", len(reply_ids)))
         except ValueError:
             raise ModelLoadError(f"{spec.name}: SIM_REPLY_TOKENS must be an integer") from None
-        return SimHandle(spec, self.profile, reply_ids, reply_len)
+        return SimHandle(spec, self.profile, reply_ids, reply_len, self.handles)
+
+
+class HandleCensus:
+    """Handles alive per model (loaded and not yet closed) and the most ever alive at once: what the
+    twin really holds, to check the bridge's memory accounting against."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._alive: dict = {}
+        self._peak: dict = {}
+
+    def opened(self, name: str) -> None:
+        with self._lock:
+            self._alive[name] = self._alive.get(name, 0) + 1
+            self._peak[name] = max(self._peak.get(name, 0), self._alive[name])
+
+    def closed(self, name: str) -> None:
+        with self._lock:
+            self._alive[name] -= 1
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"alive": dict(self._alive), "peak": dict(self._peak)}
 
 
 class SimHandle(ModelHandle):
-    def __init__(self, spec: ModelSpec, profile: SimProfile, reply_ids: Sequence[int], reply_len: int):
+    def __init__(self, spec: ModelSpec, profile: SimProfile, reply_ids: Sequence[int], reply_len: int,
+                 census: Optional[HandleCensus] = None):
         self.spec = spec
+        self._census = census
         self.profile = profile
         self.reply_ids = list(reply_ids)
         self.reply_len = reply_len  # tokens before EOS; the reply text repeats to fill it
@@ -113,6 +139,8 @@ class SimHandle(ModelHandle):
         self._closed = False
         self.cached_ids = ()
         self.trace: Optional[List[tuple]] = None  # when a list: (kind, start, end) of each simulated NPU step
+        if census is not None:
+            census.opened(spec.name)  # the load takes memory from its start, as on the board
         self._wait(profile.load_s)
 
     @property
@@ -181,6 +209,8 @@ class SimHandle(ModelHandle):
         self._abort.set()
 
     def close(self) -> None:
+        if not self._closed and self._census is not None:
+            self._census.closed(self.spec.name)
         self._closed = True
         self.cached_ids = ()
         self._abort.set()

@@ -39,9 +39,20 @@ def test_no_images_leaves_the_image_routes_out(start_bridge):
                          timeout=30).status_code == 404
 
 
-def test_image_work_takes_turns_with_a_running_llm_stream(start_bridge):
-    """The mounted image routes go through the bridge's NPU arbiter: an SR job arriving mid-stream waits
-    for a token boundary (the LLM yields to it), runs, and the stream then finishes intact."""
+def npu_sr_env(tmp_path) -> dict:
+    """The bridge's SR on an .rknn model (the fake RKNNLite runs its sibling .onnx): work on the NPU."""
+    import shutil
+
+    from image_engine.config import DEFAULT_SR_MODEL
+
+    shutil.copy(DEFAULT_SR_MODEL, tmp_path / "sr.onnx")
+    (tmp_path / "sr.rknn").write_bytes(b"RKNN placeholder: the fake runtime reads sr.onnx")
+    return {"IMAGE_ENGINE_FAKE_RKNN": "1", "RKLLAMA_BRIDGE_SR_MODEL_PATH": str(tmp_path / "sr.rknn")}
+
+
+def test_image_work_on_the_npu_takes_turns_with_a_running_llm_stream(start_bridge, tmp_path):
+    """The mounted image routes go through the bridge's NPU arbiter: an SR job on the NPU arriving
+    mid-stream waits for a token boundary (the LLM yields to it), runs, and the stream then finishes intact."""
     import json
     import threading
 
@@ -50,7 +61,7 @@ def test_image_work_takes_turns_with_a_running_llm_stream(start_bridge):
     from ..conftest import SIM_MODEL
     from ..support import wait_for
 
-    b = start_bridge("--sim-profile", "instant", "--sim-decode-tok-s", "20")
+    b = start_bridge("--sim-profile", "instant", "--sim-decode-tok-s", "20", env=npu_sr_env(tmp_path))
     lines: list = []
 
     def stream():
@@ -67,3 +78,11 @@ def test_image_work_takes_turns_with_a_running_llm_stream(start_bridge):
     npu = b.get_json("/health")[1]["npu"]["kinds"]
     assert npu["image"]["turns"] >= 1 and npu["llm"]["yields"] >= 1
     assert "".join(x.get("text", "") for x in lines[:-1]) == DEFAULT_REPLY and lines[-1]["finish_reason"] == "stop"
+
+
+def test_sr_on_the_cpu_takes_no_npu_turns(start_bridge):
+    """The embedded SR model runs on onnxruntime (the CPU): it never waits for, nor holds, the NPU."""
+    b = start_bridge("--sim-profile", "instant")
+    r = requests.post(b.url + "/image/superres", files={"file": ("in.png", _png(16, 16), "image/png")}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert "image" not in b.get_json("/health")[1]["npu"]["kinds"]
