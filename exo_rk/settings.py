@@ -14,7 +14,11 @@ Environment variables (documented once, here):
 - ``RKLLM_CONNECT_TIMEOUT``: seconds to open a connection (default 5).
 - ``RKLLM_FIRST_TOKEN_TIMEOUT``: seconds to wait for the first token, queue and prefill included (300).
 - ``RKLLM_TOKEN_TIMEOUT``: seconds to wait for each next token before the request is ended (60).
-- ``RKLLM_REQUEST_TTL``: seconds after which a request exo stopped asking about is evicted (120).
+- ``RKLLM_REQUEST_TTL``: seconds after which a request exo stopped asking about is evicted (600), counted
+  from its last call or its last token from the bridge, whichever is later; a request the engine is waiting
+  on is never evicted. Must be at least ``RKLLM_FIRST_TOKEN_TIMEOUT``.
+- ``RKLLM_CALL_IDLE_TIMEOUT``: once tokens wait in the engine's buffer, seconds without a call after which
+  the caller is taken to have stopped (exo never says so) and the bridge's generation is aborted (30).
 - ``RKLLM_MAX_REQUESTS``: cap on the requests held at once; the least recently used go first (256).
 - ``RKLLM_MODELS_FILE``: a TOML or YAML file of extra model cards (see ``exo_rk.model_cards``).
 - ``EXO_HOME``: exo's home; tokenizers are written to ``$EXO_HOME/downloads/<org>--<name>``.
@@ -79,7 +83,8 @@ class Settings:
     connect_timeout: float = 5.0
     first_token_timeout: float = 300.0
     token_timeout: float = 60.0
-    request_ttl: float = 120.0
+    request_ttl: float = 600.0
+    call_idle_timeout: float = 30.0
     max_requests: int = 256
     models_file: Optional[Path] = None
     exo_home: Path = field(default_factory=lambda: Path.home() / ".cache" / "exo")
@@ -95,6 +100,12 @@ class Settings:
             raise ValueError("at least one bridge server is needed")
         if self.max_requests < 1:
             raise ValueError("RKLLM_MAX_REQUESTS must be at least 1")
+        if self.request_ttl < self.first_token_timeout:
+            raise ValueError(
+                f"RKLLM_REQUEST_TTL ({self.request_ttl:g} s) is shorter than RKLLM_FIRST_TOKEN_TIMEOUT "
+                f"({self.first_token_timeout:g} s): a request still waiting for its first token would count as "
+                f"abandoned; raise RKLLM_REQUEST_TTL or lower RKLLM_FIRST_TOKEN_TIMEOUT"
+            )
 
     @property
     def downloads_dir(self) -> Path:
@@ -132,7 +143,8 @@ class Settings:
             connect_timeout=_float(env, "RKLLM_CONNECT_TIMEOUT", 5.0),
             first_token_timeout=_float(env, "RKLLM_FIRST_TOKEN_TIMEOUT", 300.0),
             token_timeout=_float(env, "RKLLM_TOKEN_TIMEOUT", 60.0),
-            request_ttl=_float(env, "RKLLM_REQUEST_TTL", 120.0),
+            request_ttl=_float(env, "RKLLM_REQUEST_TTL", 600.0),
+            call_idle_timeout=_float(env, "RKLLM_CALL_IDLE_TIMEOUT", 30.0),
             max_requests=int(max_requests),
             models_file=Path(models_file).expanduser() if models_file else None,
             exo_home=Path(exo_home).expanduser() if exo_home else Path.home() / ".cache" / "exo",

@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -374,10 +374,11 @@ class BridgeService:
             params = GenerationParams(**{**params.__dict__, "max_new_tokens": room})
         return params
 
-    def _record(self, name: str, prompt_ids: Sequence[int]) -> None:
+    def _record(self, name: str, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         if self.options.record_prompts is None:
             return
-        line = json.dumps({"model": name, "prompt_token_ids": list(prompt_ids), "time": time.time()})
+        line = json.dumps({"model": name, "prompt_token_ids": list(prompt_ids), "params": asdict(params),
+                           "time": time.time()})
         with self._record_lock, open(self.options.record_prompts, "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
@@ -427,7 +428,7 @@ class BridgeService:
             raise ModelUnavailable(f"model {name} was unloaded while this request waited; retry",
                                    headers={"Retry-After": "1"})
         entry.last_used = time.time()
-        self._record(name, prompt_ids)
+        self._record(name, prompt_ids, params)
         return Generation(self, entry, handle, list(prompt_ids), params, client_gone, received, deadline)
 
     def _check_prompt(self, stored: StoredModel, prompt_ids: Sequence[int], params: GenerationParams) -> None:
