@@ -135,8 +135,9 @@ def patch_node(mod: Any) -> None:
         def __init__(self, *args, **kwargs):
             original_init(self, *args, **kwargs)
             if _is_rk(self.inference_engine):
-                self.inference_engine.bind_node_defaults(temperature=self.default_sample_temperature,
-                                                         max_generate_tokens=self.max_generate_tokens)
+                self.inference_engine.bind_node_defaults(
+                    temperature=getattr(self, "default_sample_temperature", None),
+                    max_generate_tokens=getattr(self, "max_generate_tokens", None))
 
         return __init__
 

@@ -37,8 +37,9 @@ STAND_IN = {
         from exo.inference.inference_engine import get_inference_engine
 
         class Node:
-            def __init__(self, inference_engine, default_sample_temperature=0.0):
+            def __init__(self, inference_engine, max_generate_tokens=1024, default_sample_temperature=0.0):
                 self.inference_engine = inference_engine
+                self.max_generate_tokens = max_generate_tokens
                 self.default_sample_temperature = default_sample_temperature
 
             def get_supported_inference_engines(self):
@@ -61,10 +62,11 @@ STAND_IN = {
         except ValueError as exc:
             out["error"] = str(exc)
         else:
-            node = Node(engine, default_sample_temperature=0.3)
+            node = Node(engine, max_generate_tokens=64, default_sample_temperature=0.3)
             asyncio.run(node.select_best_inference_engine())
             out.update(engine=type(engine).__name__, kept=node.inference_engine is engine,
                        supported=node.get_supported_inference_engines(), temperature=engine.exo_temperature,
+                       limit=engine.exo_max_tokens,
                        card=model_cards.get("qwen2.5-1.5b-instruct-rkllm"),
                        others_kept="llama-3.2-1b" in model_cards,
                        pretty=pretty_name.get("smollm2-135m-instruct"))
@@ -108,6 +110,7 @@ def test_pth_hook_registers_rkllm_when_exo_loads(stand_in_exo):
     assert out["kept"] is True  # the node did not swap it for tinygrad
     assert out["supported"] == ["rkllm"]
     assert out["temperature"] == 0.3  # the node's --default-temp reached the engine
+    assert out["limit"] == 64  # and its --max-generate-tokens
     assert out["card"] == {"layers": 28, "repo": {"RKLLMInferenceEngine": "Qwen/Qwen2.5-1.5B-Instruct"}}
     assert out["others_kept"] and out["pretty"]
 
