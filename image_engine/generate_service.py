@@ -7,7 +7,8 @@ MODES_PATH             ./modes.yaml  modes file (used when it exists); reloaded 
 MODEL_ROOT             (none)        legacy: one LCM model directory, served as mode "default"
 NUM_WORKERS            1             generation workers, one set of runtimes each (RKNN: core i%3)
 QUEUE_MAX              64            queued generations beyond the running ones; more → 429
-DEFAULT_SIZE           512x512       size when neither the request nor the mode gives one
+DEFAULT_SIZE           (the model)   size when neither the request nor the mode gives one; unset: the
+                                     model's unet/config.json sample_size, else 512x512
 DEFAULT_STEPS          4             steps likewise
 DEFAULT_GUIDANCE       1.0           guidance scale likewise
 DEFAULT_TIMEOUT        120           seconds from queueing to result; the job is then cancelled
@@ -55,7 +56,7 @@ class GenConfig:
     model_root: Path | None = None
     num_workers: int = 1
     queue_max: int = 64
-    default_size: tuple[int, int] = (512, 512)
+    default_size: tuple[int, int] | None = None  # None: each mode's model says (see modes.default_size_for)
     default_steps: int = 4
     default_guidance: float = 1.0
     default_timeout: float = 120.0
