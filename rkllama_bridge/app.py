@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from . import openapi as openapi_doc
 from .errors import BridgeError, ClientGone
 from .routes import admin, native, ollama, openai, rkllama
+from .routes.common import ignored_params_header
 from .service import BridgeService
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ def create_app(service: BridgeService, *, token: Optional[str] = None, max_body_
         app.register_blueprint(module.bp)
     for bp in extra_blueprints:
         app.register_blueprint(bp)
+    app.after_request(ignored_params_header)
 
     if token:
         expected = f"Bearer {token}".encode()

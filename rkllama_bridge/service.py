@@ -25,6 +25,7 @@ from .lifecycle import DEFAULT_KEEP_ALIVE_S, StateFile, describe_keep_alive, par
 from .metrics import BridgeMetrics
 from .params import generation_params
 from .runtimes.base import (
+    SAMPLING_FIELDS,
     GenerationFailed,
     GenerationParams,
     GenerationResult,
@@ -359,10 +360,22 @@ class BridgeService:
         budget = stored.num_ctx - reply_room(fields, stored)
         return truncate_left(list(messages), encode, budget)
 
+    def unhonoured_params(self, fields: dict) -> List[str]:
+        """The sampling fields a request sets that this runtime cannot honour per request (they come from
+        the Modelfile instead). A ``seed`` it cannot honour is refused: the request asks for a repeatable
+        answer the runtime cannot give."""
+        honoured = self.runtime.per_request_params()
+        ignored = sorted(k for k, v in fields.items() if v is not None and k in SAMPLING_FIELDS and k not in honoured)
+        if "seed" in ignored:
+            raise BadRequest(f"the {self.runtime.name} runtime ({self.runtime.label}) cannot seed a generation: "
+                             "leave out 'seed'", code="unsupported_parameter")
+        return ignored
+
     def params_for(self, stored: StoredModel, fields: dict, prompt_len: int) -> GenerationParams:
         """Validated parameters. An explicit max_new_tokens that does not fit the context is a 400; the
         Modelfile's default is shortened to what fits instead."""
         explicit = fields.get("max_new_tokens") is not None
+        self.unhonoured_params(fields)  # refuses a seed the runtime cannot honour, on every route
         params = generation_params(fields, stored.modelfile.values, stored.num_ctx)
         room = stored.num_ctx - prompt_len
         if room < 1 or (explicit and params.max_new_tokens > room):

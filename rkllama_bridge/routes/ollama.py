@@ -24,6 +24,7 @@ from .common import (
     model_field,
     ndjson,
     now_iso,
+    report_ignored,
     service,
     stop_list,
     streaming,
@@ -205,6 +206,7 @@ def generate():
     stream = optional_bool(body, "stream", True)
     svc = service()
     keep = body.get("keep_alive")
+    report_ignored(fields)
     if optional_bool(body, "raw", False):
         name = svc.resolve_model(model_field(body, "model"))
         stored = svc.load(name, svc.keep_alive_field(keep)).stored

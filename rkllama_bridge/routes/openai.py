@@ -18,7 +18,17 @@ from flask import Blueprint, jsonify
 from ..params import messages_field, optional_bool
 from ..reply_shaping import REASONING, ReplyStream, chat_inputs, prompt_opens_think, shape_reply
 from ..tool_calls import validate_tools
-from .common import client_gone_probe, collect, json_body, model_field, service, stop_list, streaming, text_pieces
+from .common import (
+    client_gone_probe,
+    collect,
+    json_body,
+    model_field,
+    report_ignored,
+    service,
+    stop_list,
+    streaming,
+    text_pieces,
+)
 
 bp = Blueprint("openai", __name__)
 
@@ -45,6 +55,7 @@ def start_tool_chat(body: dict, messages: list, fields: dict, tools: list):
     """Start a chat generation with ``tools`` shown to the model; returns (generation, stored, opened)
     where ``opened`` says the prompt leaves the model inside a ``<think>`` block."""
     svc = service()
+    report_ignored(fields)
     name = svc.resolve_model(model_field(body, "model"))
     stored = svc.load(name, svc.keep_alive_field(body.get("keep_alive"))).stored
     msgs, extra = chat_inputs(messages, tools, stored.tokenizer.chat_template, stored.system_prompt)
