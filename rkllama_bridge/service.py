@@ -65,6 +65,8 @@ class LoadedModel:
     stored: StoredModel
     queue: HandleQueue
     loaded_at: float = field(default_factory=time.time)
+    load_seconds: float = 0.0  # how long loading took
+    ready_at: float = field(default_factory=time.monotonic)  # when loading ended (monotonic clock)
     last_used: float = field(default_factory=time.time)
     keep_alive_s: Optional[float] = DEFAULT_KEEP_ALIVE_S  # None: forever
     serving: int = 0  # requests holding or waiting for a handle
@@ -178,10 +180,11 @@ class BridgeService:
             for h in handles:
                 h.close()
             raise ModelUnavailable(str(exc), code="model_load_failed") from None
+        took = time.monotonic() - started
         log.info("loaded %s (%d instance%s) on %s in %.2f s", stored.name, count, "s" * (count > 1),
-                 self.runtime.name, time.monotonic() - started)
+                 self.runtime.name, took)
         return LoadedModel(stored=stored, queue=HandleQueue(handles, self.options.queue_max),
-                           keep_alive_s=self.options.keep_alive_s)
+                           keep_alive_s=self.options.keep_alive_s, load_seconds=took)
 
     def estimate_mb(self, spec: ModelSpec) -> float:
         """Memory one instance of ``spec`` will take, known before loading it."""
@@ -495,6 +498,8 @@ class Generation:
         self.started = time.monotonic()
         self.completion_ids: List[int] = []
         self.dropped_messages = 0  # messages left out by a truncation policy
+        #: (first token, last token, end of the run) on the monotonic clock, for routes reporting durations
+        self.token_times: Tuple[Optional[float], Optional[float], Optional[float]] = (None, None, None)
         self._q: "queue.Queue" = queue.Queue()
         self._released = False
         self._cancelled = False  # aborted by the bridge (client gone, stop string, close)
@@ -549,6 +554,7 @@ class Generation:
                 if isinstance(item, int):
                     last_at = time.monotonic()
                     first_at = first_at or last_at
+                    self.token_times = (first_at, last_at, None)
                     self.completion_ids.append(item)
                     yield TokenEvent(item, detok.push(item))
                     continue
@@ -569,6 +575,7 @@ class Generation:
 
     def _done(self, item, detok: IncrementalDetokenizer, first_at, last_at) -> DoneEvent:
         n = len(self.completion_ids)
+        self.token_times = (first_at, last_at, time.monotonic())
         error = None
         if isinstance(item, GenerationResult):
             # "timeout": cut by the bridge's --request-timeout (OpenAI clients see "length": a limit hit)
