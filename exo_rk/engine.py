@@ -219,8 +219,9 @@ class RKLLMInferenceEngine(InferenceEngine):
             self._requests.finish(request_id, end.finish_reason if end is not None else gen.ended_by)
             self._conversations.pop(request_id, None)
             token = loaded.eos
-        elif self.exo_max_tokens is not None and gen.tokens_served >= self.exo_max_tokens:
-            # exo stops calling after this token without telling the engine: end the bridge's work now.
+        elif gen.limit is not None and gen.tokens_served >= gen.limit:
+            # exo's node limit: exo stops calling after this token without a word; the API's max_tokens:
+            # the next call reads EOS. Either way the bridge's work ends now.
             self._requests.finish(request_id, "length")
         return self._token_array(token), inference_state
 
@@ -231,14 +232,30 @@ class RKLLMInferenceEngine(InferenceEngine):
     async def _start(self, request_id: str, loaded: _LoadedModel, prompt_ids: np.ndarray, state: dict):
         ids = [int(t) for t in prompt_ids]
         remembered = self._conversations.pop(request_id, None)
-        params = self._params(state, self._max_tokens.pop(request_id, None))
+        limits = [n for n in (self._max_tokens.pop(request_id, None), self.exo_max_tokens) if n]
+        limit = min(limits) if limits else None
+        params = self._params(state, self._bridge_limit(loaded, len(ids), limit))
         if loaded.native:
             log.debug("request %s: %d prompt tokens to %s (%s)", request_id, len(ids),
                       loaded.card.bridge_model, params)
             events = self.backend.stream(loaded.card.bridge_model, ids, params)
-            return StreamingSession(request_id, events, first_token_timeout=self.settings.first_token_timeout,
-                                    token_timeout=self.settings.token_timeout)
-        return await self._start_oneshot(request_id, loaded, ids, state.get(STATE_MESSAGES) or remembered, params)
+            gen = StreamingSession(request_id, events, first_token_timeout=self.settings.first_token_timeout,
+                                   token_timeout=self.settings.token_timeout)
+        else:
+            gen = await self._start_oneshot(request_id, loaded, ids, state.get(STATE_MESSAGES) or remembered,
+                                            params)
+        gen.limit = limit
+        return gen
+
+    @staticmethod
+    def _bridge_limit(loaded: _LoadedModel, n_prompt: int, limit: Optional[int]) -> Optional[int]:
+        """``limit`` when the bridge will take it as ``max_new_tokens`` (no more than the Modelfile's default
+        and within the context), so it stops there itself; else None: the bridge's own limit is then the
+        smaller one (exo's default --max-generate-tokens of 10000 is more than a bridge accepts)."""
+        default, num_ctx = loaded.info.defaults.get("max_new_tokens"), loaded.info.num_ctx
+        if limit is None or not isinstance(default, int) or not isinstance(num_ctx, int):
+            return None
+        return limit if limit <= default and n_prompt + limit <= num_ctx else None
 
     async def _start_oneshot(self, request_id: str, loaded: _LoadedModel, ids: List[int],
                              messages: Optional[List[Any]], params: GenerationParams) -> CachedReply:
@@ -256,11 +273,11 @@ class RKLLMInferenceEngine(InferenceEngine):
         reply = await self.backend.generate_oneshot(loaded.card.bridge_model, plain_messages(messages), params)
         return CachedReply(request_id, encode_prompt(loaded.tokenizer, reply.content))
 
-    def _params(self, state: dict, api_max_tokens: Optional[int] = None) -> GenerationParams:
+    def _params(self, state: dict, bridge_limit: Optional[int] = None) -> GenerationParams:
         given = dict(state.get(STATE_PARAMS) or {})
         if "temperature" not in given and self.exo_temperature is not None:
             given["temperature"] = self.exo_temperature
-        limits = [n for n in (given.get("max_new_tokens"), api_max_tokens, self.exo_max_tokens) if n]
+        limits = [n for n in (given.get("max_new_tokens"), bridge_limit) if n]
         if limits:
             given["max_new_tokens"] = min(limits)
         return GenerationParams(

@@ -47,6 +47,7 @@ class StreamingSession:
         self.tokens_served = 0
         self.end: Optional[StreamEnd] = None
         self.ended_by: Optional[str] = None
+        self.limit: Optional[int] = None  # tokens after which the engine ends the request (exo's limits)
         self.waiting = False  # a next_token() call is blocked on the queue
         self.received_at = self.served_at = time.monotonic()  # last token from the bridge / to the caller
         self._queue: "asyncio.Queue[object]" = asyncio.Queue()

@@ -152,3 +152,19 @@ async def test_buffered_tokens_without_calls_abort_the_generation(sim_bridge, ex
         assert out.item() == eng.tokenizer.eos_token_id
     finally:
         await eng.cleanup()
+
+
+async def test_exos_default_limit_beyond_what_the_bridge_takes_still_works(sim_bridge, exo_home):
+    """exo's default --max-generate-tokens is 10000, more than a bridge accepts as max_new_tokens: the
+    engine keeps that limit to itself and the request runs to its natural end."""
+    eng = RKLLMInferenceEngine(None, settings=settings_for(sim_bridge.url, exo_home), cards=sim_cards())
+    eng.bind_node_defaults(temperature=0.0, max_generate_tokens=10000)
+    try:
+        shard = shard_for(eng, SIM_MODEL)
+        await eng.ensure_shard(shard)
+        run = await node_generate(eng, shard, template(eng, PROMPT), max_generate_tokens=10000)
+        assert run.finished_by_eos and len(run.tokens) == 49
+        assert _last_params(sim_bridge, SIM_MODEL)["max_new_tokens"] == 256  # the Modelfile's own
+    finally:
+        await eng.cleanup()
+
