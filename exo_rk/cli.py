@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ from aiohttp import web
 
 from exo_rk.engine import RKLLMInferenceEngine
 from exo_rk.gateway import create_app
-from exo_rk.model_cards import DEFAULT_MODEL_ID
-from exo_rk.settings import MODES, Settings, parse_servers
+from exo_rk.settings import PROGRAM, Settings
+from rk_common.settings import SettingsError, cli_error
 
 log = logging.getLogger("exo_rk")
 
@@ -24,41 +23,8 @@ log = logging.getLogger("exo_rk")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="exo-rk", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="OpenAI-compatible gateway over RKLLM bridges")
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=52415, help="port (default 52415, like exo; 0 = any free)")
-    serve.add_argument("--port-file", type=Path, help="write the bound port here once listening")
-    serve.add_argument(
-        "--bridge",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="bridge URL or host:port (repeatable; default: $RKLLM_SERVERS or "
-        "$RKLLM_SERVER_HOST:$RKLLM_SERVER_PORT)",
-    )
-    serve.add_argument("--token", help="bearer token for the bridges (default: $RKLLM_TOKEN)")
-    serve.add_argument(
-        "--api-token",
-        help="bearer token clients must send on every route but /health (default: $EXO_RK_API_TOKEN)",
-    )
-    serve.add_argument("--mode", choices=MODES, help="native stream, one-shot token caching, or auto")
-    serve.add_argument(
-        "--default-model", default=DEFAULT_MODEL_ID, help="model used when a request names none"
-    )
-    serve.add_argument("--log-level", default="INFO")
+    PROGRAM.add_arguments(sub.add_parser("serve", help="OpenAI-compatible gateway over RKLLM bridges"))
     return parser
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env()
-    changes = {}
-    if args.bridge:
-        changes["servers"] = parse_servers(",".join(args.bridge))
-    if args.token:
-        changes["token"] = args.token
-    if args.mode:
-        changes["mode"] = args.mode
-    return settings.with_(**changes) if changes else settings
 
 
 async def serve(
@@ -104,21 +70,20 @@ async def serve(
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        settings = PROGRAM.load(args)
+    except SettingsError as exc:
+        return cli_error("exo-rk", exc)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        settings = settings_from_args(args)
-    except ValueError as exc:
-        print(f"exo-rk: {exc}", file=sys.stderr)
-        return 2
-    try:
-        api_token = args.api_token or os.environ.get("EXO_RK_API_TOKEN") or None
         asyncio.run(
-            serve(settings, args.host, args.port, args.port_file, args.default_model, api_token=api_token)
+            serve(settings, settings.host, settings.port, settings.port_file, settings.default_model,
+                  api_token=settings.api_token)
         )
     except OSError as exc:
-        print(f"exo-rk: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(f"exo-rk: cannot serve on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         return 1
     return 0
 

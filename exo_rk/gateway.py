@@ -4,15 +4,13 @@ Each chat completion drives the engine through the calls exo's node makes (templ
 tokenizer, ``infer_prompt``, then ``sample`` / ``infer_tensor`` per token until EOS), so the gateway and
 exo exercise the same engine path. Routes: ``POST /v1/chat/completions`` (JSON or SSE ending with
 ``data: [DONE]``; ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``, usage), ``GET /v1/models``,
-``GET /health``. Errors are ``{"error": {"code", "message", "type"}}`` with a 4xx/5xx status.
+``GET /health``. Errors are OpenAI's ``{"error": {"code", "message", "type", "param"}}`` with a 4xx/5xx
+status; the chat request and reply are :mod:`rk_common.openai_chat`, the same as the bridge's.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
-import time
 import uuid
 from typing import Any, AsyncIterator, Dict, Optional
 
@@ -20,54 +18,35 @@ import numpy as np
 from aiohttp import web
 
 from exo_rk import errors
-from exo_rk.chat_request import ChatRequest, InvalidRequest, parse_chat_request
 from exo_rk.compat import full_shard
 from exo_rk.detok import TextStream
 from exo_rk.engine import STATE_MESSAGES, STATE_PARAMS, RKLLMInferenceEngine
+from exo_rk.gateway_context import DEFAULT_MODEL_KEY, ENGINE_KEY, bridge_error
 from exo_rk.gateway_images import handle_image_generations
-from exo_rk.openapi import OPEN_ROUTES, handle_openapi
+from exo_rk.openapi import handle_openapi
 from exo_rk.tokenizer_store import encode_prompt
-from rkllama_bridge.errors import BadRequest
-from rkllama_bridge.reply_shaping import REASONING, ReplyStream, chat_inputs, prompt_opens_think, shape_reply
-from rkllama_bridge.tool_calls import validate_tools
+from rk_common import aiohttp_http
+from rk_common.auth import bearer_auth
+from rk_common.errors import ApiError
+from rk_common.openai_chat import SSE_DONE, ChatReply, ChatRequest, parse_chat_request, sse
+from rk_common.reply_shaping import chat_inputs, prompt_opens_think
+from rk_common.validation import decode_json
 
 log = logging.getLogger(__name__)
 
-ENGINE_KEY = web.AppKey("engine", RKLLMInferenceEngine)
-DEFAULT_MODEL_KEY = web.AppKey("default_model", str)
-
-
-def error_response(status: int, code: str, message: str, headers: Optional[dict] = None) -> web.Response:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return web.json_response(
-        {"error": {"code": code, "message": message, "type": kind}}, status=status, headers=headers
-    )
-
-
-def _bridge_error_response(exc: errors.BridgeError) -> web.Response:
-    if isinstance(exc, errors.ModelNotFound):
-        return error_response(404, exc.code or "model_not_found", str(exc))
-    if isinstance(exc, errors.BridgeBusy):
-        retry = {"Retry-After": str(int(exc.retry_after or 1))}
-        return error_response(429, "bridge_busy", str(exc), headers=retry)
-    if isinstance(exc, errors.BadBridgeRequest):
-        return error_response(400, exc.code or "bad_request", str(exc))
-    if isinstance(exc, errors.BridgeUnavailable):
-        return error_response(503, "bridge_unavailable", str(exc))
-    return error_response(502, exc.code or "bridge_error", str(exc))
+MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 class Completion:
     """One chat completion: started (first token in hand) by ``start``, then iterated for text deltas."""
 
-    def __init__(self, engine: RKLLMInferenceEngine, req: ChatRequest, tools: Optional[list] = None):
+    def __init__(self, engine: RKLLMInferenceEngine, req: ChatRequest, model: str):
         self.engine = engine
         self.req = req
-        self.tools = tools or []
+        self.model = model
         self.opened = False  # the prompt leaves the model inside a <think> block
         self.request_id = uuid.uuid4().hex
-        self.created = int(time.time())
-        self.shard = full_shard(req.model, engine.card_for(req.model).layers)
+        self.shard = full_shard(model, engine.card_for(model).layers)
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.finish_reason: Optional[str] = None
@@ -80,26 +59,19 @@ class Completion:
         engine, req = self.engine, self.req
         await engine.ensure_shard(self.shard)
         tokenizer = engine.tokenizer
-        messages, extra = chat_inputs(req.messages, self.tools, getattr(tokenizer, "chat_template", None))
+        messages, extra = chat_inputs(req.messages, req.tools, getattr(tokenizer, "chat_template", None))
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
         self.opened = prompt_opens_think(prompt[-64:])
         self.prompt_tokens = len(encode_prompt(tokenizer, prompt))
-        params = {
-            k: v
-            for k, v in (
-                ("max_new_tokens", req.max_tokens),
-                ("temperature", req.temperature),
-                ("top_p", req.top_p),
-                ("seed", req.seed),
-            )
-            if v is not None
-        }
+        params = {k: v for k, v in (("max_new_tokens", req.max_tokens), ("temperature", req.temperature),
+                                    ("top_p", req.top_p), ("seed", req.seed)) if v is not None}
         state = {STATE_PARAMS: params, STATE_MESSAGES: messages}
         self._result, self._state = await engine.infer_prompt(self.request_id, self.shard, prompt, state)
         self.text = TextStream(tokenizer, req.stop)
 
     async def deltas(self) -> AsyncIterator[str]:
-        """Text pieces as tokens arrive; sets ``finish_reason``. Leaving early aborts the generation."""
+        """Text pieces as tokens arrive; sets ``finish_reason`` (the bridge's word for how the generation
+        ended: stop, length, timeout, error...). Leaving early aborts the generation."""
         engine, text = self.engine, self.text
         try:
             while True:
@@ -108,8 +80,7 @@ class Completion:
                 if token.item() == engine.tokenizer.eos_token_id:
                     # "error": the bridge failed after the first token; the engine ended the request
                     # with EOS (exo's contract) and the client must see that the reply is cut short.
-                    ended = engine.finish_reason(self.request_id)
-                    self.finish_reason = ended if ended in ("length", "error") else "stop"
+                    self.finish_reason = engine.finish_reason(self.request_id) or "stop"
                     break
                 self.completion_tokens += 1
                 delta = text.push(token.item())
@@ -138,105 +109,48 @@ class Completion:
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
 
-    def chunk(self, delta: Dict[str, Any], finish_reason: Optional[str] = None) -> bytes:
-        body = {
-            "id": f"chatcmpl-{self.request_id}",
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.req.model,
-            "system_fingerprint": "exo-rk",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-        }
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+    def failure(self) -> ApiError:
+        return ApiError(f"the bridge failed after {self.completion_tokens} tokens; the reply is incomplete "
+                        "(see the gateway log)", status=502, code="bridge_failed")
 
 
 async def handle_chat(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE_KEY]
-    try:
-        body = await request.json()
-    except ValueError:
-        return error_response(400, "invalid_json", "the body is not valid JSON")
-    try:
-        req = parse_chat_request(body, request.app[DEFAULT_MODEL_KEY])
-    except InvalidRequest as exc:
-        return error_response(400, "invalid_request", str(exc))
-    if req.model not in engine.cards:
+    req = parse_chat_request(decode_json(await request.read()))
+    model = req.model or request.app[DEFAULT_MODEL_KEY]
+    if model not in engine.cards:
         await _discover(engine)
     try:
-        tools = validate_tools(body.get("tools"), body.get("tool_choice"))
-    except BadRequest as exc:
-        return error_response(400, exc.code, exc.message)
-    try:
-        completion = Completion(engine, req, tools)
+        completion = Completion(engine, req, model)
         await completion.start()
     except errors.UnknownModel as exc:
-        return error_response(404, "model_not_found", str(exc))
+        raise ApiError(str(exc), status=404, code="model_not_found") from None
     except errors.BridgeError as exc:
-        return _bridge_error_response(exc)
+        raise bridge_error(exc) from None
+    reply = ChatReply(model, tools=bool(req.tools), opened=completion.opened, include_usage=req.include_usage,
+                      completion_id=f"chatcmpl-{completion.request_id}")
     if not req.stream:
         text = "".join([delta async for delta in completion.deltas()])
         if completion.finish_reason == "error":
-            return error_response(502, "bridge_failed", f"the bridge failed after {completion.completion_tokens} "
-                                  "tokens; the reply is incomplete (see the gateway log)")
-        reply = shape_reply(text, completion.opened,
-                            bool(completion.tools))
-        message: Dict[str, Any] = {"role": "assistant",
-                                   "content": reply.content if reply.content or not reply.tool_calls else None}
-        if reply.reasoning:
-            message["reasoning_content"] = reply.reasoning
-        if reply.tool_calls:
-            message["tool_calls"] = reply.tool_calls
-        return web.json_response(
-            {
-                "id": f"chatcmpl-{completion.request_id}",
-                "object": "chat.completion",
-                "created": completion.created,
-                "model": req.model,
-                "system_fingerprint": "exo-rk",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": message,
-                        "logprobs": None,
-                        "finish_reason": "tool_calls" if reply.tool_calls else completion.finish_reason,
-                    }
-                ],
-                "usage": completion.usage(),
-            }
-        )
-    return await _stream(request, completion)
+            raise completion.failure()
+        return web.json_response(reply.completion(text, completion.finish_reason, completion.usage()))
+    return await _stream(request, completion, reply)
 
 
-def _part_chunk(completion: Completion, part: tuple) -> bytes:
-    kind, text = part
-    return completion.chunk({"reasoning_content": text} if kind == REASONING else {"content": text})
-
-
-async def _stream(request: web.Request, completion: Completion) -> web.StreamResponse:
+async def _stream(request: web.Request, completion: Completion, reply: ChatReply) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     deltas = completion.deltas()
     try:
-        shaper = ReplyStream(completion.opened, bool(completion.tools))
-        await response.write(completion.chunk({"role": "assistant", "content": ""}))
+        await response.write(sse(reply.first_chunk()))
         async for delta in deltas:
-            for part in shaper.push(delta):
-                await response.write(_part_chunk(completion, part))
-        parts, calls = shaper.finish()
-        for part in parts:
-            await response.write(_part_chunk(completion, part))
-        if calls:
-            await response.write(completion.chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}))
-        if completion.finish_reason == "error":
-            failure = {"code": "bridge_failed", "message": f"the bridge failed after {completion.completion_tokens} "
-                       "tokens; the reply is incomplete"}
-            await response.write(f"data: {json.dumps({'error': failure})}\n\n".encode())
-        await response.write(completion.chunk({}, "tool_calls" if calls else completion.finish_reason))
-        if completion.req.include_usage:
-            usage = json.loads(completion.chunk({})[6:])
-            usage.update(choices=[], usage=completion.usage())
-            await response.write(f"data: {json.dumps(usage)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
+            for item in reply.push(delta):
+                await response.write(sse(item))
+        failed = completion.finish_reason == "error"
+        error = completion.failure().to_json()["error"] if failed else None
+        for item in reply.finish(completion.finish_reason, completion.usage(), error):
+            await response.write(sse(item))
+        await response.write(SSE_DONE)
     except ConnectionResetError:
         log.info("client left request %s; generation aborted", completion.request_id)
     finally:
@@ -282,43 +196,14 @@ async def handle_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler) -> web.StreamResponse:
-    """aiohttp's own errors (404, 405, 413...) answer the same JSON shape as the handlers' errors."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = (exc.reason or "error").lower().replace(" ", "_")
-        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate", "Retry-After")}
-        return error_response(exc.status, code, exc.text or exc.reason, headers=headers)
-
-
-def token_middleware(token: str):
-    """Every route but ``/health`` answers 401 without ``Authorization: Bearer <token>``."""
-    expected = f"Bearer {token}".encode()
-    open_paths = {path for _, path in OPEN_ROUTES}
-
-    @web.middleware
-    async def require_token(request: web.Request, handler) -> web.StreamResponse:
-        if request.path not in open_paths and not hmac.compare_digest(
-            request.headers.get("Authorization", "").encode(), expected
-        ):
-            return error_response(401, "unauthorized", "missing or wrong bearer token",
-                                  headers={"WWW-Authenticate": "Bearer"})
-        return await handler(request)
-
-    return require_token
-
-
 def create_app(
     engine: RKLLMInferenceEngine, default_model: str, token: Optional[str] = None
 ) -> web.Application:
     """The gateway's aiohttp application; the engine is cleaned up when the app shuts down. With
     ``token``, every route but ``/health`` needs ``Authorization: Bearer <token>``."""
-    middlewares = [json_errors] + ([token_middleware(token)] if token else [])
-    app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=middlewares)
+    app = web.Application(client_max_size=MAX_BODY_BYTES,
+                          middlewares=aiohttp_http.middlewares(bearer_auth(token), MAX_BODY_BYTES))
+    aiohttp_http.install_signals(app)
     app[ENGINE_KEY] = engine
     app[DEFAULT_MODEL_KEY] = default_model
     app.router.add_post("/v1/chat/completions", handle_chat)

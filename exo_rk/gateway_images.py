@@ -14,7 +14,9 @@ from PIL import Image
 
 from exo_rk import errors
 from exo_rk.compat import full_shard
+from exo_rk.gateway_context import ENGINE_KEY, bridge_error
 from exo_rk.model_cards import IMAGE_MODEL_IDS
+from rk_common.errors import ApiError
 
 DEFAULT_IMAGE_MODEL = "stable-diffusion-2-1-base"
 IMAGE_LAYERS = 31  # exo's card for stable-diffusion-2-1-base; the whole model is one shard here
@@ -51,24 +53,27 @@ def parse_image_request(body: Any) -> Dict[str, Any]:
     return {"model": model, "prompt": prompt, "params": params}
 
 
+def _invalid(message: str) -> ApiError:
+    return ApiError(message, status=400, code="invalid_request")
+
+
 async def handle_image_generations(request: web.Request) -> web.Response:
-    from exo_rk.gateway import ENGINE_KEY, _bridge_error_response, error_response
     from exo_rk.image_engine import ImageGenerationError, ImageRequestRefused, generate_like_exo
 
     try:
         req = parse_image_request(await request.json())
     except ValueError as exc:  # JSON errors are ValueErrors too
-        return error_response(400, "invalid_request", str(exc))
+        raise _invalid(str(exc)) from None
     engine = request.app[ENGINE_KEY]
     try:
         image, _state = await generate_like_exo(engine, full_shard(req["model"], IMAGE_LAYERS), req["prompt"],
                                                 request_id=uuid.uuid4().hex, params=req["params"])
     except ImageRequestRefused as exc:  # the image server's own validation (size, steps, mode)
-        return error_response(400, "invalid_request", str(exc))
+        raise _invalid(str(exc)) from None
     except ImageGenerationError as exc:
-        return error_response(502, "image_generation_failed", str(exc))
+        raise ApiError(str(exc), status=502, code="image_generation_failed") from None
     except errors.BridgeError as exc:
-        return _bridge_error_response(exc)
+        raise bridge_error(exc) from None
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "PNG")
     return web.json_response({"created": int(time.time()),

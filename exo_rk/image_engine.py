@@ -33,7 +33,6 @@ import io
 import itertools
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +43,7 @@ import numpy as np
 from exo_rk.compat import InferenceEngine, Shard, ShardDownloader
 from exo_rk.errors import PartialShardError
 from exo_rk.request_state import RequestTable
-from exo_rk.settings import Settings, parse_servers
+from exo_rk.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -72,24 +71,17 @@ class ImageSettings:
 
     servers: tuple[str, ...]
     mode: str | None = None
-    step_timeout: float = 600.0
-    connect_timeout: float = 5.0
+    step_timeout: float = Settings.image_step_timeout
+    connect_timeout: float = Settings.connect_timeout
     token: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, base: Settings | None = None) -> ImageSettings:
-        """From ``RKNN_IMAGE_*``; without ``RKNN_IMAGE_SERVERS`` the image routes of the bridges in ``base``
-        (the LLM engine's settings, so both engines talk to the same boards) or of the environment's."""
-        env = os.environ if env is None else env
+        """From ``base`` (the LLM engine's settings) or the environment's: ``image_servers``, else the image
+        routes of the same bridges, so both engines talk to the same boards."""
         base = base or Settings.from_env(env)
-        servers = parse_servers(env["RKNN_IMAGE_SERVERS"]) if env.get("RKNN_IMAGE_SERVERS", "").strip() \
-            else tuple(server + BRIDGE_IMAGE_PREFIX for server in base.servers)
-        raw = env.get("RKNN_IMAGE_STEP_TIMEOUT", "600")
-        try:
-            step_timeout = float(raw)
-        except ValueError:
-            raise ValueError(f"RKNN_IMAGE_STEP_TIMEOUT must be a number of seconds, got {raw!r}") from None
-        return cls(servers, env.get("RKNN_IMAGE_MODE") or None, step_timeout, base.connect_timeout, base.token)
+        servers = base.image_servers or tuple(server + BRIDGE_IMAGE_PREFIX for server in base.servers)
+        return cls(servers, base.image_mode, base.image_step_timeout, base.connect_timeout, base.token)
 
 
 class _PromptCodec:

@@ -15,10 +15,12 @@ the files themselves come from the bridge, so nothing is fetched from a hub.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, MutableMapping, Optional
+
+from exo_rk.settings import DEFAULT_MODEL_ID as DEFAULT_MODEL_ID  # re-exported: the card list names it
+from exo_rk.settings import PROGRAM
 
 ENGINE_CLASSNAME = "RKLLMInferenceEngine"
 IMAGE_MODEL_IDS = frozenset({"stable-diffusion-2-1-base"})
@@ -68,14 +70,13 @@ BUILTIN_CARDS = (
     ),
 )
 
-DEFAULT_MODEL_ID = "smollm2-135m-instruct"
-
 
 def user_cards_path(env: Optional[Mapping[str, str]] = None) -> Optional[Path]:
-    """The user file in use: ``RKLLM_MODELS_FILE`` if set, else the first existing default path."""
-    env = os.environ if env is None else env
-    if env.get("RKLLM_MODELS_FILE"):
-        return Path(env["RKLLM_MODELS_FILE"]).expanduser()
+    """The user file in use: ``EXO_RK_MODELS_FILE`` / ``RKLLM_MODELS_FILE`` if set, else the first existing
+    default path."""
+    configured = PROGRAM.env_value("models_file", env)
+    if configured is not None:
+        return configured
     try:
         from platformdirs import user_config_dir
     except ImportError:  # pragma: no cover - platformdirs is a dependency

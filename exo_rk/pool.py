@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from exo_rk import errors
+from exo_rk import errors, pool_metrics
 from exo_rk.client import BridgeClient, GenerationParams, ModelInfo, OneShotReply, StreamEnd, StreamEvent
 from exo_rk.settings import Settings, parse_servers
 
@@ -532,9 +532,7 @@ class BridgePool:
     def metrics_text(self) -> bytes:
         """The pool's state as Prometheus text: per bridge up, outstanding, requests, errors, ejections,
         loads; pool-wide retries and requests refused for want of a bridge."""
-        from exo_rk.pool_metrics import render
-
-        return render(self)
+        return pool_metrics.render(self)
 
     async def close(self) -> None:
         """Stop the health checks and close every connection."""

@@ -4,19 +4,25 @@ next to other metrics, never collide in prometheus_client's global registry."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, List, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-if TYPE_CHECKING:
-    from exo_rk.pool import BridgePool
+
+class PoolState(Protocol):
+    """What a scrape reads from the pool (``BridgePool`` provides it; this module never imports the pool)."""
+
+    retries: int
+    no_bridge: int
+
+    def bridges(self) -> List[dict]: ...
 
 
 class PoolCollector:
     """Collects one pool's per-bridge gauges and counters."""
 
-    def __init__(self, pool: "BridgePool"):
+    def __init__(self, pool: PoolState):
         self.pool = pool
 
     def collect(self) -> Iterator[Metric]:
@@ -58,7 +64,7 @@ class PoolCollector:
         yield from (up, outstanding, external, requests, failures, ejections, loads, retries, refused)
 
 
-def render(pool: "BridgePool") -> bytes:
+def render(pool: PoolState) -> bytes:
     """The pool's metrics in the Prometheus text exposition format."""
     registry = CollectorRegistry()
     registry.register(PoolCollector(pool))

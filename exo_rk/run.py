@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Optional, Sequence
 from exo_rk.cli import serve
 from exo_rk.model_cards import DEFAULT_MODEL_ID
 from exo_rk.settings import Settings
+from rk_common.settings import SettingsError, cli_error
 
 log = logging.getLogger("exo_rk.run")
 
@@ -105,17 +105,22 @@ def curl_line(port: int) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m exo_rk.run", description=__doc__)
-    parser.add_argument("--port", type=int, default=int(os.environ.get("EXO_RK_PORT", "52415")))
+    parser.add_argument("--port", type=int, default=None, help="gateway port (default $EXO_RK_PORT or 52415)")
     parser.add_argument("--runtime", default="host", choices=("host", "sim"))
     parser.add_argument("--port-file", type=Path, help="write the gateway's port here once listening")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        base = Settings.from_env()
+    except SettingsError as exc:
+        return cli_error("exo_rk.run", exc)
+    port = base.port if args.port is None else args.port
     with tempfile.TemporaryDirectory(prefix="exo-rk-run-") as tmp:
         bridge = BridgeProcess(args.runtime, Path(tmp))
         try:
             url = bridge.start()
             print(f"bridge ready at {url} ({args.runtime} runtime, model {DEFAULT_MODEL_ID})", flush=True)
-            settings = Settings.from_env().with_(servers=(url,))
+            settings = base.with_(servers=(url,))
 
             def ready(port: int) -> None:
                 print(
@@ -125,7 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 )
 
             asyncio.run(
-                serve(settings, "127.0.0.1", args.port, args.port_file, DEFAULT_MODEL_ID, on_ready=ready)
+                serve(settings, "127.0.0.1", port, args.port_file, DEFAULT_MODEL_ID, on_ready=ready)
             )
         except KeyboardInterrupt:
             pass

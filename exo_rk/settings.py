@@ -1,37 +1,24 @@
-"""Configuration of the exo side, one frozen dataclass filled from the environment.
+"""Settings of the exo side: the engine, the pool, the image engine and ``exo-rk serve``, one typed model.
 
-Environment variables (documented once, here):
-
-- ``RKLLM_SERVERS``: comma-separated bridges, ``host:port`` or ``http://host:port``. Takes precedence over
-- ``RKLLM_SERVER_HOST`` / ``RKLLM_SERVER_PORT``: a single bridge (defaults ``localhost`` / ``8080``).
-- ``RKLLM_SERVERS_FILE``: a file of bridges, one ``host:port`` per line (``#`` comments); used when
-  ``RKLLM_SERVERS`` is empty, and re-read by the pool when it changes (bridges join and leave at run time).
-- ``RKLLM_HEALTH_INTERVAL``: seconds between health checks of each bridge in a pool (default 2).
-- ``RKLLM_HEALTH_MAX_BACKOFF``: longest wait between checks of a bridge that is down (default 10).
-- ``RKLLM_REQUEST_TIMEOUT``: deadline of a whole request through a pool, in seconds (default 1800).
-- ``RKLLM_TOKEN`` (or ``RKLLAMA_BRIDGE_TOKEN``): bearer token sent to every bridge.
-- ``RKLLM_MODE``: ``auto`` (native stream when the server has it, else one-shot), ``stream`` or ``oneshot``.
-- ``RKLLM_CONNECT_TIMEOUT``: seconds to open a connection (default 5).
-- ``RKLLM_FIRST_TOKEN_TIMEOUT``: seconds to wait for the first token, queue and prefill included (300).
-- ``RKLLM_TOKEN_TIMEOUT``: seconds to wait for each next token before the request is ended (60).
-- ``RKLLM_REQUEST_TTL``: seconds after which a request exo stopped asking about is evicted (600), counted
-  from its last call or its last token from the bridge, whichever is later; a request the engine is waiting
-  on is never evicted. Must be at least ``RKLLM_FIRST_TOKEN_TIMEOUT``.
-- ``RKLLM_CALL_IDLE_TIMEOUT``: once tokens wait in the engine's buffer, seconds without a call after which
-  the caller is taken to have stopped (exo never says so) and the bridge's generation is aborted (30).
-- ``RKLLM_MAX_REQUESTS``: cap on the requests held at once; the least recently used go first (256).
-- ``RKLLM_MODELS_FILE``: a TOML or YAML file of extra model cards (see ``exo_rk.model_cards``).
-- ``EXO_HOME``: exo's home; tokenizers are written to ``$EXO_HOME/downloads/<org>--<name>``.
+:data:`PROGRAM` generates the ``exo-rk serve`` flags, the ``EXO_RK_*`` variables, the ``--config`` file keys
+and the README's table from :class:`Settings`. Inside exo (which builds the engine itself) the environment
+is the only source. The seed-compatible names (``RKLLM_SERVERS``, ``RKLLM_SERVER_HOST`` / ``_PORT``,
+``RKLLM_TOKEN``, ``RKLLM_*`` timeouts, ``RKNN_IMAGE_*``, ``EXO_HOME``) are documented aliases. Bridges come
+from ``servers`` (``--bridge``), else ``servers_file`` (re-read by the pool when it changes), else
+``server_host:server_port``. A config file's ``models`` table holds model cards (:mod:`exo_rk.model_cards`).
+To add a setting, add one ``setting(...)`` line to :class:`Settings`.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Optional, Tuple
 
+from rk_common.settings import Program, SettingsError, setting
+
 MODES = ("auto", "stream", "oneshot")
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"  # the embedded default model of the bridge (a card of its own)
 
 
 def _normalise_server(item: str) -> str:
@@ -60,52 +47,106 @@ def read_servers_file(path: Path) -> Tuple[str, ...]:
     return servers
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {raw!r}")
-    return value
+def _lower(text: str) -> str:
+    return text.strip().lower()
 
 
 @dataclass(frozen=True)
 class Settings:
     """Where the bridges are and how long to wait for them. Immutable: use ``with_()`` to derive."""
 
-    servers: Tuple[str, ...] = ("http://localhost:8080",)
-    token: Optional[str] = None
-    mode: str = "auto"
-    connect_timeout: float = 5.0
-    first_token_timeout: float = 300.0
-    token_timeout: float = 60.0
-    request_ttl: float = 600.0
-    call_idle_timeout: float = 30.0
-    max_requests: int = 256
-    models_file: Optional[Path] = None
-    exo_home: Path = field(default_factory=lambda: Path.home() / ".cache" / "exo")
-    servers_file: Optional[Path] = None
-    health_interval: float = 2.0
-    health_max_backoff: float = 10.0
-    request_timeout: float = 1800.0
+    servers: Tuple[str, ...] = setting((), "bridges, host:port or URL (repeatable; comma-separated in env)",
+                                       aliases=("RKLLM_SERVERS",), flags=("--bridge",), parse=parse_servers,
+                                       shown="server_host:server_port")
+    servers_file: Optional[Path] = setting(None, "file of bridges, one host:port per line (# comments), used "
+                                           "without servers; re-read by the pool when it changes",
+                                           aliases=("RKLLM_SERVERS_FILE",))
+    server_host: str = setting("localhost", "the one bridge used without servers and servers_file",
+                               aliases=("RKLLM_SERVER_HOST",))
+    server_port: int = setting(8080, "its port", aliases=("RKLLM_SERVER_PORT",), minimum=1)
+    token: Optional[str] = setting(None, "bearer token sent to every bridge", aliases=("RKLLM_TOKEN",
+                                                                                       "RKLLAMA_BRIDGE_TOKEN"))
+    mode: str = setting("auto", "auto (native stream when the bridge has it, else one-shot), stream or oneshot",
+                        aliases=("RKLLM_MODE",), choices=MODES, parse=_lower)
+    connect_timeout: float = setting(5.0, "seconds to open a connection to a bridge",
+                                     aliases=("RKLLM_CONNECT_TIMEOUT",), positive=True,
+                                     why="a LAN connect takes milliseconds: a dead board is found fast, and "
+                                         "failover still has the whole first-token wait left")
+    first_token_timeout: float = setting(300.0, "seconds to wait for the first token, queue, load and prefill "
+                                         "included", aliases=("RKLLM_FIRST_TOKEN_TIMEOUT",), positive=True,
+                                         why="a full bridge queue plus a model load; it must stay under "
+                                             "request_ttl and request_timeout (checked at start)")
+    token_timeout: float = setting(60.0, "seconds to wait for each next token before the request is ended",
+                                   aliases=("RKLLM_TOKEN_TIMEOUT",), positive=True,
+                                   why="a board makes a token every 25-100 ms; a minute without one is a stall")
+    request_ttl: float = setting(360.0, "seconds after which a request exo stopped asking about is evicted",
+                                 aliases=("RKLLM_REQUEST_TTL",), positive=True,
+                                 why="longer than the first-token wait (300 s): a request still waiting for its "
+                                     "first token is never evicted (it was 120)")
+    call_idle_timeout: float = setting(30.0, "once tokens wait in the engine's buffer, seconds without a call "
+                                       "after which the caller counts as gone and the bridge's generation is "
+                                       "aborted", aliases=("RKLLM_CALL_IDLE_TIMEOUT",), positive=True,
+                                       why="exo asks for the next token at once and never says it stopped; "
+                                           "30 s of buffered, unread tokens means nobody will read them")
+    max_requests: int = setting(256, "requests held at once; the least recently used go first",
+                                aliases=("RKLLM_MAX_REQUESTS",), minimum=1)
+    models_file: Optional[Path] = setting(None, "TOML or YAML file of extra model cards",
+                                          aliases=("RKLLM_MODELS_FILE",),
+                                          shown="the config file's models table, else <user config>/exo-rk/"
+                                                "models.toml")
+    exo_home: Path = setting(factory=lambda: Path.home() / ".cache" / "exo", help="exo's home; tokenizers are "
+                             "written to $EXO_HOME/downloads/<org>--<name>", aliases=("EXO_HOME",),
+                             shown="~/.cache/exo")
+    health_interval: float = setting(2.0, "seconds between health checks of each bridge in a pool",
+                                     aliases=("RKLLM_HEALTH_INTERVAL",), positive=True,
+                                     why="a dead board leaves the pool within seconds; at most health_max_backoff")
+    health_max_backoff: float = setting(10.0, "longest wait between checks of a bridge that is down",
+                                        aliases=("RKLLM_HEALTH_MAX_BACKOFF",), positive=True,
+                                        why="a board that comes back rejoins within 10 s")
+    request_timeout: float = setting(870.0, "deadline of a whole request through a pool, in seconds",
+                                     aliases=("RKLLM_REQUEST_TIMEOUT",), positive=True,
+                                     why="under exo's 900 s API timeout, so the request ends cleanly with a log "
+                                         "line before exo gives up on it (it was 1800, which never fired in exo)")
+    image_servers: Tuple[str, ...] = setting((), "image servers for exo's image model ids",
+                                             aliases=("RKNN_IMAGE_SERVERS",), parse=parse_servers,
+                                             shown="the bridges' /image routes")
+    image_mode: Optional[str] = setting(None, "image mode used for exo's image model ids",
+                                        aliases=("RKNN_IMAGE_MODE",), shown="the server's current mode")
+    image_step_timeout: float = setting(150.0, "seconds to wait for each image generation step",
+                                        aliases=("RKNN_IMAGE_STEP_TIMEOUT",), positive=True,
+                                        why="the image server's own deadline (120 s, queue included) plus a "
+                                            "margin, so its 504 arrives first (it was 600)")
+    host: str = setting("127.0.0.1", "exo-rk serve: bind address (another one without api_token is warned about)")
+    port: int = setting(52415, "exo-rk serve: port (exo's; 0 = any free)", minimum=0)
+    port_file: Optional[Path] = setting(None, "exo-rk serve: write the bound port here once listening")
+    api_token: Optional[str] = setting(None, "exo-rk serve: bearer token clients must send on every route but "
+                                       "/health")
+    default_model: str = setting(DEFAULT_MODEL_ID, "exo-rk serve: model used when a request names none")
+    log_level: str = setting("INFO", "exo-rk serve: logging level")
 
     def __post_init__(self) -> None:
+        if not self.servers:
+            servers = read_servers_file(self.servers_file) if self.servers_file is not None else \
+                (_normalise_server(f"{self.server_host.strip() or 'localhost'}:{self.server_port}"),)
+            object.__setattr__(self, "servers", servers)
         if self.mode not in MODES:
             raise ValueError(f"RKLLM_MODE must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not self.servers:
-            raise ValueError("at least one bridge server is needed")
         if self.max_requests < 1:
             raise ValueError("RKLLM_MAX_REQUESTS must be at least 1")
-        if self.request_ttl < self.first_token_timeout:
-            raise ValueError(
-                f"RKLLM_REQUEST_TTL ({self.request_ttl:g} s) is shorter than RKLLM_FIRST_TOKEN_TIMEOUT "
-                f"({self.first_token_timeout:g} s): a request still waiting for its first token would count as "
-                f"abandoned; raise RKLLM_REQUEST_TTL or lower RKLLM_FIRST_TOKEN_TIMEOUT"
-            )
+
+    def validate(self) -> None:
+        """Refuse timeouts that contradict each other (one line, naming both settings)."""
+        waits = {"first_token_timeout": self.first_token_timeout, "token_timeout": self.token_timeout}
+        longest = max(waits, key=waits.get)
+        if self.request_ttl < waits[longest]:
+            raise SettingsError(f"request_ttl ({self.request_ttl:g} s) is shorter than {longest} "
+                                f"({waits[longest]:g} s): a request still waiting would be evicted")
+        if self.request_timeout < self.first_token_timeout:
+            raise SettingsError(f"request_timeout ({self.request_timeout:g} s) is shorter than first_token_timeout "
+                                f"({self.first_token_timeout:g} s): the first-token wait could never be used")
+        if self.health_max_backoff < self.health_interval:
+            raise SettingsError(f"health_max_backoff ({self.health_max_backoff:g} s) is shorter than "
+                                f"health_interval ({self.health_interval:g} s)")
 
     @property
     def downloads_dir(self) -> Path:
@@ -117,39 +158,13 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
-        """Read the variables listed in this module's docstring; invalid values raise ValueError."""
-        env = os.environ if env is None else env
-        raw_file = env.get("RKLLM_SERVERS_FILE")
-        servers_file = Path(raw_file).expanduser() if raw_file else None
-        if env.get("RKLLM_SERVERS", "").strip():
-            servers = parse_servers(env["RKLLM_SERVERS"])
-        elif servers_file is not None:
-            servers = read_servers_file(servers_file)
-        else:
-            host = env.get("RKLLM_SERVER_HOST", "localhost").strip() or "localhost"
-            port = env.get("RKLLM_SERVER_PORT", "8080").strip() or "8080"
-            if not port.isdigit():
-                raise ValueError(f"RKLLM_SERVER_PORT must be a port number, got {port!r}")
-            servers = (_normalise_server(f"{host}:{port}"),)
-        max_requests = env.get("RKLLM_MAX_REQUESTS", "256")
-        if not max_requests.isdigit():
-            raise ValueError(f"RKLLM_MAX_REQUESTS must be a whole number, got {max_requests!r}")
-        models_file = env.get("RKLLM_MODELS_FILE")
-        exo_home = env.get("EXO_HOME")
-        return cls(
-            servers=servers,
-            token=env.get("RKLLM_TOKEN") or env.get("RKLLAMA_BRIDGE_TOKEN") or None,
-            mode=(env.get("RKLLM_MODE") or "auto").strip().lower(),
-            connect_timeout=_float(env, "RKLLM_CONNECT_TIMEOUT", 5.0),
-            first_token_timeout=_float(env, "RKLLM_FIRST_TOKEN_TIMEOUT", 300.0),
-            token_timeout=_float(env, "RKLLM_TOKEN_TIMEOUT", 60.0),
-            request_ttl=_float(env, "RKLLM_REQUEST_TTL", 600.0),
-            call_idle_timeout=_float(env, "RKLLM_CALL_IDLE_TIMEOUT", 30.0),
-            max_requests=int(max_requests),
-            models_file=Path(models_file).expanduser() if models_file else None,
-            exo_home=Path(exo_home).expanduser() if exo_home else Path.home() / ".cache" / "exo",
-            servers_file=servers_file,
-            health_interval=_float(env, "RKLLM_HEALTH_INTERVAL", 2.0),
-            health_max_backoff=_float(env, "RKLLM_HEALTH_MAX_BACKOFF", 10.0),
-            request_timeout=_float(env, "RKLLM_REQUEST_TIMEOUT", 1800.0),
-        )
+        """The settings of the environment (``EXO_RK_*`` and the aliases); bad values raise SettingsError."""
+        return PROGRAM.from_env(env)
+
+
+def _cards_file(path: Path, models: object) -> Mapping[str, object]:
+    """A config file with a ``models`` table is also the model cards file."""
+    return {"models_file": path}
+
+
+PROGRAM = Program("exo-rk serve", Settings, "EXO_RK_", {"models": _cards_file})

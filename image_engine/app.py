@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from dataclasses import replace
 
-from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, jsonify
+
+from rk_common import flask_http
+from rk_common.auth import bearer_auth
 
 from .config import EngineConfig
 from .errors import ImageEngineError
-from .generate_service import GenConfig, GenerateService
-from .openapi import OPEN_ROUTES, create_openapi_blueprint
+from .generate_service import GenerateService
+from .openapi import create_openapi_blueprint
 from .routes_generate import create_generate_blueprint
 from .routes_sr import SRService, create_sr_blueprint, error_response
 
@@ -35,50 +36,18 @@ def close_app(app: Flask) -> None:
             log.exception("closing %s failed", name)
 
 
-def _register_error_handlers(app: Flask) -> None:
-    app.register_error_handler(ImageEngineError, error_response)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
-        code = (exc.name or "error").lower().replace(" ", "_")
-        return jsonify({"error": {"code": code, "message": exc.description}}), exc.code
-
-
-def _require_token(app: Flask, token: str) -> None:
-    """Every route but the open ones (``/health``) answers 401 without ``Authorization: Bearer <token>``."""
-    expected = f"Bearer {token}".encode()
-    open_paths = {path for _, path in OPEN_ROUTES}
-
-    @app.before_request
-    def check_token():
-        if request.path in open_paths:
-            return None
-        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
-            return (jsonify({"error": {"code": "unauthorized", "message": "missing or wrong bearer token"}}), 401,
-                    {"WWW-Authenticate": "Bearer"})
-        return None
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception):
-        log.exception("unhandled error")
-        return jsonify({"error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}}), 500
-
-
 def create_app(config: EngineConfig) -> Flask:
     """Build the app; raises :class:`~image_engine.errors.RuntimeFailure` if a model cannot be loaded."""
     app = Flask("image_engine")
     app.config["ENGINE_CONFIG"] = config
-    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    _register_error_handlers(app)
-    if config.token:
-        _require_token(app, config.token)
+    flask_http.install(app, auth=bearer_auth(config.token), max_body_bytes=config.max_body_bytes)
     app.register_blueprint(create_openapi_blueprint())
 
     sr = SRService(config.sr)
     register_service(app, "sr", sr)
     app.register_blueprint(create_sr_blueprint(sr))
 
-    generate = GenerateService(GenConfig.from_env(), sr=sr)
+    generate = GenerateService(config.generate, sr=sr)
     register_service(app, "generate", generate)
     app.register_blueprint(create_generate_blueprint(generate))
 
@@ -100,6 +69,6 @@ def mount_image_routes(app: Flask, config: EngineConfig, prefix: str = "/image",
     sr = SRService(replace(config.sr, npu_gate=npu_gate))
     register_service(app, "sr", sr)
     app.register_blueprint(create_sr_blueprint(sr), url_prefix=prefix)
-    generate = GenerateService(GenConfig.from_env(npu_gate=npu_gate), sr=sr)
+    generate = GenerateService(replace(config.generate, npu_gate=npu_gate), sr=sr)
     register_service(app, "generate", generate)
     app.register_blueprint(create_generate_blueprint(generate), url_prefix=prefix)

@@ -6,22 +6,21 @@ import argparse
 import logging
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import ConfigError, EngineConfig, SRConfig
+from rk_common.settings import SettingsError
+
+from .config import PROGRAM
+from .convert_cli import add_convert_args, cmd_convert
 from .errors import BadInput, ImageEngineError
 
 log = logging.getLogger("image_engine")
 
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default $PORT or 4200; 0 picks a free one)")
-    p.add_argument("--port-file", type=Path, default=None, help="write the bound port here once listening")
-    p.add_argument("--threads", type=int, default=None, help="HTTP threads (default: workers + queue + 4)")
-    p.add_argument("--token", default=None, help="bearer token required on every route but /health "
-                   "(default $IMAGE_ENGINE_TOKEN)")
+    PROGRAM.add_arguments(p)
 
 
 def _write_port_file(path: Path, port: int) -> None:
@@ -36,8 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .app import close_app, create_app
 
-    config = EngineConfig.from_env(host=args.host, port=args.port, port_file=args.port_file,
-                                   http_threads=args.threads, token=args.token)
+    config = PROGRAM.load(args)
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
         log.warning("binding %s without a token: anyone on the network can use this service "
                     "(set --token or IMAGE_ENGINE_TOKEN)", config.host)
@@ -91,7 +89,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     overrides = {"num_workers": 1, "enabled": True, "request_timeout": 1e9}
     if args.model is not None:
         overrides["model_path"] = args.model
-    service = SRService(SRConfig.from_env(**overrides))
+    service = SRService(replace(PROGRAM.from_env().sr, **overrides).validate())
     try:
         fmt = args.out_format or args.output.suffix.lstrip(".") or "png"
         result = service.upscale_bytes(args.input.read_bytes(), args.magnitude, fmt, args.quality)
@@ -124,12 +122,96 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_merge_lora_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", type=Path, help="LCM model directory with unet/model.onnx (and text_encoder/)")
+    p.add_argument("--lora", action="append", required=True, metavar="FILE[:SCALE]",
+                   help="a .safetensors LoRA (kohya, diffusers or PEFT naming) and its scale (default 1.0); "
+                        "repeat for several")
+    p.add_argument("--out", type=Path, required=True, help="the new model directory to write (must not exist)")
+    p.add_argument("--strict", action="store_true", help="fail when any LoRA key matches no layer")
+    p.add_argument("--json", action="store_true", help="print the merge report as JSON")
+
+
+def cmd_merge_lora(args: argparse.Namespace) -> int:
+    """Merge LoRA weights into the ONNX UNet / text encoder and write a new model directory."""
+    import json as _json
+    from dataclasses import asdict
+
+    from .lora_merge import LoraMergeError, LoraSpec, format_report, merge_loras
+    from .safetensors_io import SafetensorsError
+
+    try:
+        reports = merge_loras(args.model_dir, args.out, [LoraSpec.parse(t) for t in args.lora], args.strict)
+    except (LoraMergeError, SafetensorsError) as exc:
+        raise BadInput(str(exc)) from None
+    except ImportError:
+        raise BadInput("merging LoRAs needs the onnx package: pip install 'exo-rk[tools]'") from None
+    print(_json.dumps([asdict(r) for r in reports], indent=1) if args.json else format_report(reports))
+    print(f"wrote {args.out}: convert it for the NPU, then name it as a mode's model", file=sys.stderr)
+    return 0
+
+
+def _add_kserve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-name", default="model", help="the name in /v1/models/<name>:predict (default: model)")
+    p.add_argument("--model-root", type=Path, default=None,
+                   help="an LCM model directory, served as mode 'default' (or $MODEL_ROOT / --modes)")
+    p.add_argument("--modes", type=Path, default=None, help="a modes.yaml (default $MODES_PATH)")
+    p.add_argument("--port", "--http-port", dest="port", type=int, default=8080,
+                   help="REST port (default 8080, KServe's; 0 picks a free one)")
+    p.add_argument("--port-file", type=Path, default=None, help="write the REST port here before serving")
+    p.add_argument("--grpc-port", type=int, default=None, help="also serve KServe's gRPC protocol on this port")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cmd_kserve(args: argparse.Namespace) -> int:
+    """Serve text-to-image through KServe's model server (V1 and V2 protocols, readiness); needs the kserve extra."""
+    try:
+        from kserve import ModelServer
+
+        from .kserve_model import LCMKServeModel
+    except ImportError:
+        raise BadInput("image-engine kserve needs the kserve package: pip install 'exo-rk[kserve]'") from None
+    from .generate_service import GenerateService
+    from .sr_service import SRService
+
+    def build() -> GenerateService:
+        config = PROGRAM.from_env()  # the IMAGE_ENGINE_* settings (and seed aliases) of `image-engine serve`
+        chosen = {"model_root": args.model_root, "modes_path": args.modes}
+        gen = replace(config.generate, **{k: v for k, v in chosen.items() if v is not None})
+        return GenerateService(gen, sr=SRService(config.sr))
+
+    model = LCMKServeModel(args.model_name, build)
+    model.load()
+    port = args.port or _free_port()  # kserve's server takes a number; 0 is resolved here
+    server = ModelServer(http_port=port, grpc_port=args.grpc_port or 8081,
+                         enable_grpc=args.grpc_port is not None, enable_latency_logging=False)
+    if args.port_file is not None:
+        _write_port_file(args.port_file, port)
+    log.info("KServe model server: model %r on port %d (all interfaces, as KServe serves a pod)",
+             args.model_name, port)
+    try:
+        server.start([model])
+    finally:
+        model.stop()
+    return 0
+
+
 # name → (help, argument builder, handler). Other subcommands register here.
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {
     "serve": ("serve the HTTP API (/superres, /health)", _add_serve_args, cmd_serve),
     "upscale": ("upscale an image file x3 per pass", _add_upscale_args, cmd_upscale),
     "make-tiny-model": ("write a tiny random LCM model set", _add_tiny_model_args, cmd_make_tiny_model),
+    "convert": ("convert ONNX models to .rknn for a board (needs rknn-toolkit2)", add_convert_args, cmd_convert),
+    "kserve": ("serve text-to-image as a KServe model server", _add_kserve_args, cmd_kserve),
+    "merge-lora": ("merge LoRA weights into an LCM model's ONNX files", _add_merge_lora_args, cmd_merge_lora),
 }
 
 
@@ -152,6 +234,6 @@ def main(argv: Optional[list] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.handler(args)
-    except (ConfigError, ImageEngineError, OSError) as exc:
+    except (SettingsError, ImageEngineError, OSError) as exc:
         print(f"image-engine {args.command}: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) or getattr(exc, "status", 500) < 500 else 1
+        return 2 if isinstance(exc, SettingsError) or getattr(exc, "status", 500) < 500 else 1

@@ -1,80 +1,69 @@
-"""Configuration of image_engine: frozen dataclasses filled from environment variables and CLI flags.
+"""The settings of ``image-engine serve`` (and of the image routes a bridge mounts): one typed model.
 
-The ``SR_*`` variables and ``PORT`` keep the names and defaults of the LCM super-resolution server this
-engine replaces; the variables marked "new" are additions.
-
-=====================  ============  ==========================================================
-variable               default       meaning
-=====================  ============  ==========================================================
-SR_ENABLED             1             0 switches ``/superres`` off (it answers 503)
-SR_MODEL_PATH          (packaged)    ``.onnx`` or ``.rknn`` ESPCN-style model; the embedded
-                                     ``espcn_x3.onnx`` when unset
-SR_INPUT_SIZE          224           tile side fed to the model (fixed-shape models need theirs)
-SR_OUTPUT_SIZE         672           tile side the model returns; the ratio is the scale
-SR_NUM_WORKERS         1             worker threads, one runtime each (RKNN worker i → core i%3)
-SR_QUEUE_MAX           32            queued jobs beyond the running ones; more → 429
-SR_MAX_PIXELS          12000000      max pixels fed to any pass (input, and input x9 for the
-                                     second pass...); more → 413
-SR_REQUEST_TIMEOUT     120           seconds from queueing to result; the job is then cancelled
-SR_BACKEND (new)       auto          auto | onnxruntime | rknnlite
-SR_THREADS (new)       0             onnxruntime threads per worker (0: onnxruntime's choice)
-SR_TILE_MARGIN (new)   6             context pixels around each tile (>= model receptive radius)
-SR_TILE_BLEND (new)    6             width of the linear blending ramp between tiles
-SR_MAX_UPLOAD_BYTES    52428800      largest accepted upload (new)
-SR_PNG_COMPRESSION     1             zlib level for PNG answers, 0-9 (new)
-PORT                   4200          listening port of ``image-engine serve``
-IMAGE_ENGINE_TOKEN     (none)        bearer token required on every route but /health (new)
-=====================  ============  ==========================================================
+:data:`PROGRAM` generates the flags, the ``IMAGE_ENGINE_*`` variables, the ``--config`` file keys and the
+README's table from the fields below. The seed servers' names (``SR_*``, ``PORT``, ``QUEUE_MAX``,
+``NUM_WORKERS``, ``DEFAULT_*``, ``MODEL_ROOT``, ``MODES_PATH``, ``OUTPUTS_DIR``, ``LCM_BACKEND``...) stay
+documented aliases of the standalone program; a bridge reads the same settings under its own prefix only.
+To add a setting, add one ``setting(...)`` line to the model it belongs to.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Mapping, Optional
+from typing import TYPE_CHECKING, Callable, ContextManager, Optional
+
+from rk_common.settings import Program, SettingsError, section, setting
+
+if TYPE_CHECKING:
+    from .modes import ModeDefaults
 
 DEFAULT_SR_MODEL = Path(__file__).resolve().parent / "models" / "espcn_x3.onnx"
 DEFAULT_PORT = 4200
+BACKENDS = ("auto", "onnxruntime", "rknnlite")
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingsError):
     """A configuration value is missing or malformed; the message names the variable."""
 
 
-def _parse(name: str, raw: str, kind: type):
+def _size(text: str) -> tuple[int, int]:
+    from .modes import parse_size  # modes pulls in yaml: only when a size is given
+
     try:
-        if kind is bool:
-            if raw.strip().lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.strip().lower() in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(raw)
-        return kind(raw)
+        return parse_size(text)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+        raise ValueError("must be WIDTHxHEIGHT, e.g. 512x512") from None
 
 
 @dataclass(frozen=True)
 class SRConfig:
-    """Super-resolution settings (see the module docstring for the environment variables)."""
+    """Super-resolution settings (``SR_*`` in the standalone program)."""
 
-    enabled: bool = True
-    model_path: Path = DEFAULT_SR_MODEL
-    input_size: int = 224
-    output_size: int = 672
-    num_workers: int = 1
-    queue_max: int = 32
-    max_pixels: int = 12_000_000
-    request_timeout: float = 120.0
-    backend: str = "auto"
-    threads: int = 0
+    enabled: bool = setting(True, "serve /superres; off: it answers 503")
+    model_path: Path = setting(DEFAULT_SR_MODEL, ".onnx (onnxruntime) or .rknn (RKNNLite) ESPCN-style model; "
+                               "the server does not start if it is missing or unusable", shown="embedded espcn_x3.onnx")
+    input_size: int = setting(224, "tile side fed to the model (fixed-shape models need theirs; checked at start)",
+                              minimum=1)
+    output_size: int = setting(672, "tile side the model returns; output/input is the scale", minimum=1)
+    num_workers: int = setting(1, "worker threads, one runtime each (RKNN worker i runs on NPU core i % 3)",
+                               minimum=1)
+    queue_max: int = setting(32, "jobs that may wait for a worker; more get 429", minimum=1)
+    max_pixels: int = setting(12_000_000, "most pixels any pass may feed the model (input, input x9 for a second "
+                              "pass...); more get 413", minimum=1)
+    request_timeout: float = setting(120.0, "seconds from queueing to result; the job is then cancelled (504)",
+                                     positive=True, why="the seed's; under exo's image_step_timeout (150 s), "
+                                                        "so the 504 reaches the client first")
+    backend: str = setting("auto", "auto (by file suffix), onnxruntime or rknnlite", choices=BACKENDS)
+    threads: int = setting(0, "onnxruntime threads per worker (0: onnxruntime's choice)", minimum=0)
     npu_gate: Optional[Callable[[], ContextManager]] = field(default=None, compare=False)  # set by the bridge
-    tile_margin: int = 6
-    tile_blend: int = 6
-    max_upload_bytes: int = 50 * 1024 * 1024
-    png_compression: int = 1
-    max_magnitude: int = 3
+    tile_margin: int = setting(6, "context pixels around each tile (at least the model's receptive radius)",
+                               minimum=0)
+    tile_blend: int = setting(6, "width of the linear blending ramp between tiles", minimum=0)
+    max_upload_bytes: int = setting(50 * 1024 * 1024, "largest accepted upload; more get 413", minimum=1)
+    png_compression: int = setting(1, "zlib level of PNG answers, 0-9 (1 is fast; 6 is ~18 % smaller, ~5x slower)",
+                                   minimum=0)
+    max_magnitude: int = setting(3, "most x3 passes a request may ask for", minimum=1)
 
     @property
     def scale(self) -> int:
@@ -96,44 +85,81 @@ class SRConfig:
             raise ConfigError("SR_TILE_MARGIN and SR_TILE_BLEND must be >= 0")
         if self.request_timeout <= 0:
             raise ConfigError(f"SR_REQUEST_TIMEOUT must be > 0, got {self.request_timeout}")
-        if self.backend not in ("auto", "onnxruntime", "rknnlite"):
+        if self.backend not in BACKENDS:
             raise ConfigError(f"SR_BACKEND must be auto, onnxruntime or rknnlite, got {self.backend!r}")
         if not 0 <= self.png_compression <= 9:
             raise ConfigError(f"SR_PNG_COMPRESSION must be 0-9, got {self.png_compression}")
         return self
 
-    @classmethod
-    def from_env(cls, env: Optional[Mapping[str, str]] = None, **overrides) -> "SRConfig":
-        """Read ``SR_<FIELD>`` variables (e.g. ``SR_MODEL_PATH``); ``overrides`` win over the environment."""
-        env = os.environ if env is None else env
-        values = {}
-        for f in fields(cls):
-            if f.name == "npu_gate":
-                continue  # code-only: the bridge's arbiter
-            var = f"SR_{f.name.upper()}"
-            if var in env and env[var] != "":
-                kind = {"model_path": Path}.get(f.name, type(f.default))
-                values[f.name] = Path(env[var]).expanduser() if kind is Path else _parse(var, env[var], kind)
-        values.update(overrides)
-        return cls(**values).validate()
+
+@dataclass(frozen=True)
+class GenConfig:
+    """Text-to-image settings (``MODES_PATH``, ``MODEL_ROOT``, ``NUM_WORKERS``, ``DEFAULT_*``... standalone)."""
+
+    modes_path: Optional[Path] = setting(None, "modes file (model dir + defaults per mode), reloaded on change",
+                                         shown="./modes.yaml if it exists")
+    model_root: Optional[Path] = setting(None, "legacy: one LCM model directory, served as mode \"default\"")
+    num_workers: int = setting(1, "generation workers, one set of runtimes each (RKNN: core i % 3)", minimum=1)
+    queue_max: int = setting(64, "generations that may wait for a worker; more get 429", minimum=1)
+    default_size: Optional[tuple[int, int]] = setting(None, "size when neither the request nor the mode gives "
+                                                      "one; unset: the model's (unet/config.json sample_size), "
+                                                      "else 512x512", parse=_size, shown="the model's")
+    default_steps: int = setting(4, "steps likewise", minimum=1)
+    default_guidance: float = setting(1.0, "guidance scale likewise")
+    default_timeout: float = setting(120.0, "seconds from queueing to result; the job is then cancelled (504)",
+                                     positive=True, why="the seed's; under exo's image_step_timeout (150 s), "
+                                                        "so the 504 reaches exo before it gives up on a step")
+    backend: str = setting("auto", "auto, onnxruntime or rknnlite", name="lcm_backend", choices=BACKENDS)
+    outputs_dir: Path = setting(Path("outputs"), "where /inference saves its images", shown="./outputs")
+    watch_interval: float = setting(1.0, "seconds between modes-file checks; 0 disables polling",
+                                    name="modes_watch_interval", minimum=0)
+    npu_gate: Optional[Callable[[], ContextManager]] = field(default=None, compare=False)  # set by the bridge
+
+    @property
+    def defaults(self) -> ModeDefaults:
+        from .modes import ModeDefaults
+
+        return ModeDefaults(self.default_size, self.default_steps, self.default_guidance)
+
+    @property
+    def modes_file(self) -> Optional[Path]:
+        """The modes file in use: ``modes_path``, else ``./modes.yaml`` when it exists (the seed's layout)."""
+        if self.modes_path is not None:
+            return self.modes_path
+        return Path("modes.yaml") if Path("modes.yaml").is_file() else None
+
+    @property
+    def configured(self) -> bool:
+        """True when a modes file or a model root says what to serve."""
+        return self.modes_file is not None or self.model_root is not None
+
+    def validate(self) -> "GenConfig":
+        if self.num_workers < 1 or self.queue_max < 1:
+            raise ConfigError("NUM_WORKERS and QUEUE_MAX must be >= 1")
+        if self.default_timeout <= 0:
+            raise ConfigError("DEFAULT_TIMEOUT must be > 0")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"LCM_BACKEND must be auto, onnxruntime or rknnlite, got {self.backend!r}")
+        return self
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     """Settings of the ``image-engine serve`` process."""
 
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    port_file: Optional[Path] = None
-    http_threads: int = 0
-    sr: SRConfig = field(default_factory=SRConfig)
-    token: Optional[str] = None  # bearer token every route but /health needs; IMAGE_ENGINE_TOKEN (new)
-    max_json_bytes: int = 1024 * 1024  # largest JSON request body (new)
+    host: str = setting("127.0.0.1", "interface to listen on")
+    port: int = setting(DEFAULT_PORT, "port (0 picks a free one)", aliases=("PORT",), minimum=0)
+    port_file: Optional[Path] = setting(None, "write the bound port here once listening")
+    http_threads: int = setting(0, "HTTP threads (0: workers + queues + 4, at most 64)", name="threads", minimum=0)
+    token: Optional[str] = setting(None, "bearer token required on every route but /health")
+    max_json_bytes: int = setting(1024 * 1024, "largest JSON request body", minimum=1)
+    sr: SRConfig = section(SRConfig, "sr_", alias_prefix="SR_")
+    generate: GenConfig = section(GenConfig, "", alias_prefix="")
 
     @property
     def max_body_bytes(self) -> int:
         """The cap on any request body: the largest upload plus room for its multipart framing."""
-        return max(self.sr.max_upload_bytes + 64 * 1024, self.max_json_bytes)
+        return max(self.sr.max_upload_bytes + MULTIPART_FRAMING, self.max_json_bytes)
 
     @property
     def effective_http_threads(self) -> int:
@@ -142,14 +168,7 @@ class EngineConfig:
             return self.http_threads
         return min(64, max(8, self.sr.num_workers + self.sr.queue_max + 4))
 
-    @classmethod
-    def from_env(cls, env: Optional[Mapping[str, str]] = None, **overrides) -> "EngineConfig":
-        """``PORT`` and the ``SR_*`` variables; ``overrides`` (from CLI flags) win."""
-        env = os.environ if env is None else env
-        values: dict = {"sr": SRConfig.from_env(env)}
-        if env.get("PORT"):
-            values["port"] = _parse("PORT", env["PORT"], int)
-        if env.get("IMAGE_ENGINE_TOKEN"):
-            values["token"] = env["IMAGE_ENGINE_TOKEN"]
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+
+MULTIPART_FRAMING = 64 * 1024  # room for the multipart envelope around an upload
+
+PROGRAM = Program("image-engine serve", EngineConfig, "IMAGE_ENGINE_")

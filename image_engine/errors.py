@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+from rk_common.errors import ApiError
 
-class ImageEngineError(Exception):
+
+class ImageEngineError(ApiError):
     """Base of every error the engine reports to a caller; ``status`` and ``code`` shape the JSON answer."""
 
     status: int = 500
     code: str = "internal_error"
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 class QueueFull(ImageEngineError):

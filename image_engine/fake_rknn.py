@@ -1,8 +1,12 @@
 """A stand-in for ``rknnlite.api.RKNNLite`` that runs the matching ONNX model through onnxruntime.
 
-It exists so the RKNN code path (core masks, NHWC inputs, ``None`` on failure, one context per thread) can
-be exercised on machines without an NPU. For ``model.rknn`` it loads the sibling ``model.onnx``. Every
-inference is recorded in a class-level, thread-safe log so tests can see which core ran what, and when.
+It is kept only for what Rockchip's PC simulator cannot do: pinning a context to one NPU core (the simulator
+accepts only the AUTO mask) and several cores working at once (one worker per core). Everything else about the
+RKNN path — fixed shapes, NHWC inputs, ``None`` on failure, fp16/int8 numerics — is tested on the real
+toolkit's simulator (``image_engine/rknn_sim.py``, tests/rknn_sim), because this fake hides it: it runs the
+dynamic-shape ONNX, so it accepts any tile size and any layout the ONNX accepts. For ``model.rknn`` it loads
+the sibling ``model.onnx``. Every inference is recorded in a class-level, thread-safe log so tests can see
+which core ran what, and when.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class FakeRKNNLite:
     """RKNNLite's API (``load_rknn``, ``init_runtime``, ``inference``, ``release``) over onnxruntime."""
 
     NPU_CORE_AUTO, NPU_CORE_0, NPU_CORE_1, NPU_CORE_2, NPU_CORE_0_1, NPU_CORE_0_1_2 = 0, 1, 2, 4, 3, 7
+    runtime_name = "fake RKNNLite (onnxruntime)"
 
     _log_lock = threading.Lock()
     _calls: list[FakeCall] = []

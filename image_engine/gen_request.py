@@ -7,9 +7,10 @@ mode's defaults later.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
+
+from rk_common.validation import Number, optional_bool, optional_number, require_object, unicode_text
 
 from .errors import BadInput
 from .modes import parse_size
@@ -18,7 +19,14 @@ MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2 ** 32 - 1
 MAX_GUIDANCE = 30.0
 FORMATS = ("png", "jpeg", "webp")
-
+# The numeric fields' ranges; the OpenAPI document (image_engine.openapi) is built from the same table.
+STEPS = Number(1, 1000, integer=True)
+SEED = Number(0, MAX_SEED, integer=True)
+GUIDANCE = Number(0.0, MAX_GUIDANCE)
+MAGNITUDE = Number(1, 3, integer=True)
+QUALITY = Number(1, 100, integer=True)
+STRENGTH = Number(0.0, 1.0)
+SIDE = Number(1, 16384, integer=True)
 
 
 @dataclass(frozen=True)
@@ -53,11 +61,11 @@ def parse_generate(body: Any, *, as_json: bool = False) -> GenerateRequest:
         raise BadInput(f"response_format must be 'b64_json' or 'image', got {fmt!r}")
     wants_json = as_json or fmt == "b64_json" or _bool(body, "return_base64") is True
     return GenerateRequest(
-        prompt=_prompt(body), size=size, steps=_int(body, "num_inference_steps", 1, 1000),
-        guidance=_number(body, "guidance_scale", 0.0, MAX_GUIDANCE), seed=_int(body, "seed", 0, MAX_SEED),
+        prompt=_prompt(body), size=size, steps=_check(body, "num_inference_steps", STEPS),
+        guidance=_check(body, "guidance_scale", GUIDANCE), seed=_check(body, "seed", SEED),
         mode=_string(body, "mode"), superres=_bool(body, "superres"),
-        superres_magnitude=_int(body, "superres_magnitude", 1, 3), superres_format=_format(body),
-        superres_quality=_int(body, "superres_quality", 1, 100), as_json=wants_json)
+        superres_magnitude=_check(body, "superres_magnitude", MAGNITUDE), superres_format=_format(body),
+        superres_quality=_check(body, "superres_quality", QUALITY), as_json=wants_json)
 
 
 def parse_inference(body: Any) -> tuple[GenerateRequest, str]:
@@ -71,13 +79,13 @@ def parse_inference(body: Any) -> tuple[GenerateRequest, str]:
     uid = body.get("uid")
     if uid is not None and (not isinstance(uid, str) or not 1 <= len(uid) <= 128):
         raise BadInput("uid must be a string of 1-128 characters")
-    _number(body, "strength", 0.0, 1.0)
+    _check(body, "strength", STRENGTH)
     do_scale = _bool(body, "do_scale")
-    scale = _number(body, "scale", 0.0, MAX_GUIDANCE)
+    scale = _check(body, "scale", GUIDANCE)
     guidance = None if do_scale is None and scale is None else (scale if do_scale is not False and scale
                                                                 is not None else 1.0)
-    req = GenerateRequest(prompt=_prompt(body), size=_size(body), steps=_int(body, "steps", 1, 1000),
-                          guidance=guidance, seed=_int(body, "seed", 0, MAX_SEED), mode=_string(body, "mode"))
+    req = GenerateRequest(prompt=_prompt(body), size=_size(body), steps=_check(body, "steps", STEPS),
+                          guidance=guidance, seed=_check(body, "seed", SEED), mode=_string(body, "mode"))
     return req, uid or ""
 
 
@@ -89,21 +97,19 @@ def parse_openai(body: Any) -> tuple[GenerateRequest, str]:
     unknown = set(body) - known
     if unknown:
         raise BadInput(f"unknown field(s) {sorted(unknown)}; accepted: {sorted(known)}")
-    n = _int(body, "n", 1, 1)
+    n = _check(body, "n", Number(1, 1, integer=True))
     del n  # one image per request: the queue, not the request, is where parallelism lives
     fmt = body.get("response_format", "b64_json")
     if fmt not in ("b64_json", "url"):
         raise BadInput(f"response_format must be 'b64_json' or 'url', got {fmt!r}")
-    req = GenerateRequest(prompt=_prompt(body), size=_size(body), steps=_int(body, "num_inference_steps", 1, 1000),
-                          guidance=_number(body, "guidance_scale", 0.0, MAX_GUIDANCE),
-                          seed=_int(body, "seed", 0, MAX_SEED), mode=_string(body, "model"), as_json=True)
+    req = GenerateRequest(prompt=_prompt(body), size=_size(body), steps=_check(body, "num_inference_steps", STEPS),
+                          guidance=_check(body, "guidance_scale", GUIDANCE),
+                          seed=_check(body, "seed", SEED), mode=_string(body, "model"), as_json=True)
     return req, fmt
 
 
 def _require_object(body: Any) -> dict:
-    if not isinstance(body, dict):
-        raise BadInput("the request body must be a JSON object")
-    return body
+    return require_object(body, BadInput)
 
 
 def _prompt(body: dict) -> str:
@@ -112,18 +118,14 @@ def _prompt(body: dict) -> str:
         raise BadInput("prompt is required and must be a string")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise BadInput(f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from a \udXXX escape: no tokenizer can take it
-        raise BadInput("prompt is not valid Unicode (it holds a lone surrogate)") from None
-    return prompt
+    return unicode_text("prompt", prompt, BadInput)
 
 
 def _size(body: dict) -> tuple[int, int] | None:
     if "width" in body or "height" in body:
         if "size" in body:
             raise BadInput("give either size or width/height, not both")
-        w, h = _int(body, "width", 1, 16384), _int(body, "height", 1, 16384)
+        w, h = _check(body, "width", SIDE), _check(body, "height", SIDE)
         if w is None or h is None:
             raise BadInput("width and height must be given together")
         return w, h
@@ -135,37 +137,12 @@ def _size(body: dict) -> tuple[int, int] | None:
         raise BadInput(str(exc)) from None
 
 
-def _int(body: dict, key: str, lo: int, hi: int) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float)
-                                                                          and not value.is_integer()):
-        raise BadInput(f"{key} must be an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise BadInput(f"{key} must be between {lo} and {hi}, got {value}")
-    return int(value)
-
-
-def _number(body: dict, key: str, lo: float, hi: float) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float)
-                                                                          and math.isnan(value)):
-        raise BadInput(f"{key} must be a number, got {value!r:.40}")
-    if not lo <= value <= hi:
-        raise BadInput(f"{key} must be between {lo:g} and {hi:g}, got {value}")
-    return float(value)
+def _check(body: dict, key: str, spec: Number):
+    return optional_number(body, key, spec, BadInput)
 
 
 def _bool(body: dict, key: str) -> bool | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise BadInput(f"{key} must be true or false, got {value!r}")
-    return value
+    return optional_bool(body, key, None, BadInput)
 
 
 def _string(body: dict, key: str) -> str | None:

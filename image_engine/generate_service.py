@@ -1,6 +1,5 @@
 """The text-to-image service: modes, a pool of LCM workers, and the optional super-resolution step.
 
-=====================  ============  ==========================================================
 variable               default       meaning
 =====================  ============  ==========================================================
 MODES_PATH             ./modes.yaml  modes file (used when it exists); reloaded on change
@@ -16,29 +15,30 @@ LCM_BACKEND (new)      auto          auto | onnxruntime | rknnlite
 OUTPUTS_DIR (new)      ./outputs     where ``/inference`` saves its images
 MODES_WATCH_INTERVAL   1.0           seconds between modes-file checks; 0 disables polling (new)
 =====================  ============  ==========================================================
+=======
+Its settings are :class:`~image_engine.config.GenConfig` (modes file, model root, workers, queue, defaults).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import secrets
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ContextManager
 
 import numpy as np
 
-from .config import ConfigError
+from .config import ConfigError, GenConfig
 from .errors import BadInput, Cancelled, RuntimeFailure, Unavailable
 from .gen_request import GenerateRequest
-from .modes import Mode, ModeDefaults, ModeManager, ModesError, legacy_modes, parse_size
+from .modes import Mode, ModeManager, ModesError, legacy_modes
 from .pipeline import GenerateParams, Generation, LCMPipeline, StepEvent
 from .workers import CancelToken, WorkerPool
 
@@ -46,74 +46,6 @@ log = logging.getLogger(__name__)
 
 _NPU_MEMORY_FILES = ("/sys/kernel/debug/rknpu/mm", "/proc/rknpu/mm")
 _NPU_LOAD_FILES = ("/sys/kernel/debug/rknpu/load", "/proc/rknpu/load")
-
-
-@dataclass(frozen=True)
-class GenConfig:
-    """Generation settings (see the module docstring for the environment variables)."""
-
-    modes_path: Path | None = None
-    model_root: Path | None = None
-    num_workers: int = 1
-    queue_max: int = 64
-    default_size: tuple[int, int] | None = None  # None: each mode's model says (see modes.default_size_for)
-    default_steps: int = 4
-    default_guidance: float = 1.0
-    default_timeout: float = 120.0
-    backend: str = "auto"
-    outputs_dir: Path = Path("outputs")
-    watch_interval: float = 1.0
-    npu_gate: Callable[[], ContextManager] | None = field(default=None, compare=False)  # set by the bridge
-
-    @property
-    def defaults(self) -> ModeDefaults:
-        return ModeDefaults(self.default_size, self.default_steps, self.default_guidance)
-
-    @property
-    def configured(self) -> bool:
-        """True when a modes file or a model root says what to serve."""
-        return self.modes_path is not None or self.model_root is not None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> GenConfig:
-        """Read the variables of the module docstring; ``overrides`` win. Raises ConfigError naming a bad one."""
-        env = os.environ if env is None else env
-        values: dict = {}
-        modes = env.get("MODES_PATH") or ("modes.yaml" if Path("modes.yaml").is_file() else "")
-        if modes:
-            values["modes_path"] = Path(modes).expanduser()
-        if env.get("MODEL_ROOT"):
-            values["model_root"] = Path(env["MODEL_ROOT"]).expanduser()
-        for var, key, kind in (("NUM_WORKERS", "num_workers", int), ("QUEUE_MAX", "queue_max", int),
-                               ("DEFAULT_STEPS", "default_steps", int),
-                               ("DEFAULT_GUIDANCE", "default_guidance", float),
-                               ("DEFAULT_TIMEOUT", "default_timeout", float),
-                               ("MODES_WATCH_INTERVAL", "watch_interval", float)):
-            if env.get(var):
-                try:
-                    values[key] = kind(env[var])
-                except ValueError:
-                    raise ConfigError(f"{var}={env[var]!r} is not a valid {kind.__name__}") from None
-        if env.get("DEFAULT_SIZE"):
-            try:
-                values["default_size"] = parse_size(env["DEFAULT_SIZE"])
-            except ValueError as exc:
-                raise ConfigError(f"DEFAULT_SIZE: {exc}") from None
-        if env.get("LCM_BACKEND"):
-            values["backend"] = env["LCM_BACKEND"]
-        if env.get("OUTPUTS_DIR"):
-            values["outputs_dir"] = Path(env["OUTPUTS_DIR"]).expanduser()
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values).validate()
-
-    def validate(self) -> GenConfig:
-        if self.num_workers < 1 or self.queue_max < 1:
-            raise ConfigError("NUM_WORKERS and QUEUE_MAX must be >= 1")
-        if self.default_timeout <= 0:
-            raise ConfigError("DEFAULT_TIMEOUT must be > 0")
-        if self.backend not in ("auto", "onnxruntime", "rknnlite"):
-            raise ConfigError(f"LCM_BACKEND must be auto, onnxruntime or rknnlite, got {self.backend!r}")
-        return self
 
 
 @dataclass
@@ -194,11 +126,11 @@ class GenerateService:
         if not config.configured:
             log.info("text-to-image disabled: set MODES_PATH (modes.yaml) or MODEL_ROOT")
             return
-        if config.modes_path is not None:
+        if config.modes_file is not None:
             try:
-                self.modes = ModeManager.from_file(config.modes_path, config.defaults)
+                self.modes = ModeManager.from_file(config.modes_file, config.defaults)
             except (OSError, ModesError) as exc:
-                raise ConfigError(f"modes file {config.modes_path}: {exc}") from None
+                raise ConfigError(f"modes file {config.modes_file}: {exc}") from None
         else:
             self.modes = ModeManager(legacy_modes(config.model_root, config.defaults, config.backend),
                                      config.defaults)

@@ -17,6 +17,9 @@ Example::
         default_guidance: 1.0
         superres: false
         superres_magnitude: 1
+      lcm-384-watercolor:                   # a LoRA merged by `image-engine merge-lora`
+        model: lcm-dreamshaper-watercolor
+        loras: ["watercolor.safetensors:0.8"]
 """
 
 from __future__ import annotations
@@ -76,13 +79,14 @@ class Mode:
     superres_quality: int = 92
     backend: str = "auto"
     description: str = ""
+    loras: tuple[dict, ...] = ()
 
     def to_json(self) -> dict:
         return {"name": self.name, "model": str(self.model), "default_size": f"{self.size[0]}x{self.size[1]}",
                 "default_steps": self.steps, "default_guidance": self.guidance, "superres": self.superres,
                 "superres_magnitude": self.superres_magnitude, "superres_format": self.superres_format,
                 "superres_quality": self.superres_quality, "backend": self.backend,
-                "description": self.description}
+                "description": self.description, "loras": list(self.loras)}
 
 
 @dataclass(frozen=True)
@@ -136,13 +140,11 @@ def _parse_mode(name: str, spec: object, root: Path, defaults: ModeDefaults, che
     unknown = set(spec) - _MODE_KEYS
     if unknown:
         raise ModesError(f"{where}: unknown keys {sorted(unknown)}")
-    if spec.get("loras"):
-        raise ModesError(f"{where}: LoRAs are not supported by the LCM ONNX/RKNN pipeline; merge them into "
-                         "the model before conversion")
     model = Path(str(spec["model"])).expanduser()
     model = model if model.is_absolute() else root / model
     if check_models and not (model / "unet").is_dir():
         raise ModesError(f"{where}: model directory {model} does not exist or has no unet/")
+    loras = _mode_loras(where, spec.get("loras"), model, check_models)
     try:
         size = parse_size(spec["default_size"]) if "default_size" in spec else default_size_for(model, defaults)
         steps = _typed(spec, "default_steps", int, defaults.steps)
@@ -160,7 +162,31 @@ def _parse_mode(name: str, spec: object, root: Path, defaults: ModeDefaults, che
     if backend not in ("auto", "onnxruntime", "rknnlite"):
         raise ModesError(f"{where}: backend must be auto, onnxruntime or rknnlite, got {backend!r}")
     return Mode(name, model, size, steps, guidance, bool(spec.get("superres", False)), magnitude, fmt, quality,
-                backend, str(spec.get("description", "")))
+                backend, str(spec.get("description", "")), loras)
+
+
+def _mode_loras(where: str, entries: object, model: Path, check_models: bool) -> tuple[dict, ...]:
+    """A mode's ``loras``: each must already be merged into its model directory (RKNN graphs are fixed)."""
+    from .lora_merge import LoraSpec, merged_loras
+
+    if not entries:
+        return ()
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise ModesError(f"{where}: loras must be a list of 'FILE' or 'FILE:SCALE' strings")
+    wanted = [LoraSpec.parse(e) for e in entries]
+    merged = merged_loras(model) if check_models else []
+    found = []
+    for spec in wanted:
+        hit = next((m for m in merged if Path(str(m.get("file", ""))).name == spec.path.name
+                    and abs(float(m.get("scale", 1.0)) - spec.scale) < 1e-9), None)
+        if hit is None and check_models:
+            raise ModesError(
+                f"{where}: LoRA {spec.path.name} (scale {spec.scale:g}) is not merged into {model}: the NPU "
+                f"graphs are fixed, so merge it first — image-engine merge-lora BASE_MODEL_DIR --lora "
+                f"{spec.path}:{spec.scale:g} --out NEW_DIR (then convert NEW_DIR for RKNN) — and name NEW_DIR "
+                "as this mode's model")
+        found.append({"file": spec.path.name, "scale": spec.scale, "sha256": (hit or {}).get("sha256")})
+    return tuple(found)
 
 
 def _typed(spec: dict, key: str, kind, default):

@@ -255,7 +255,10 @@ def _rknn_usable() -> bool:
     import importlib.util
     import os
 
-    return os.environ.get("IMAGE_ENGINE_FAKE_RKNN") == "1" or importlib.util.find_spec("rknnlite") is not None
+    from .runtimes import FAKE_RKNN_ENV, SIM_RKNN_ENV
+
+    return (any(os.environ.get(var) == "1" for var in (FAKE_RKNN_ENV, SIM_RKNN_ENV))
+            or importlib.util.find_spec("rknnlite") is not None)
 
 
 def _input_dtype(rt: ModelRuntime, name: str, default) -> np.dtype:

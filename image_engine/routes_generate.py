@@ -19,12 +19,14 @@ import base64
 import json
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Iterator
 
 from flask import Blueprint, Response, jsonify, request
+
+from rk_common.flask_http import error_response
+from rk_common.validation import decode_json
 
 from .errors import BadInput, ImageEngineError
 from .gen_request import parse_generate, parse_inference, parse_openai
@@ -34,28 +36,12 @@ from .modes import ModesError
 log = logging.getLogger(__name__)
 
 
-def _error(exc: ImageEngineError):
-    return jsonify({"error": {"code": exc.code, "message": exc.message}}), exc.status
-
-
 def _modes_error(exc: ModesError):
     return jsonify({"error": {"code": "bad_modes_file", "message": str(exc)}}), 422
 
 
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
 def _json_body() -> object:
-    data = request.get_data(cache=False)
-    if not data:
-        raise BadInput("the request body must be a JSON object (Content-Type: application/json)")
-    try:
-        body = json.loads(data)
-        if _SURROGATE_ESCAPE.search(data):  # a \udXXX escape may leave a lone surrogate: not text
-            json.dumps(body, ensure_ascii=False).encode("utf-8")
-        return body
-    except ValueError as exc:  # UnicodeEncodeError is a ValueError
-        raise BadInput(f"the request body is not valid JSON: {exc}") from None
+    return decode_json(request.get_data(cache=False), BadInput)
 
 
 def _wants_json() -> bool:
@@ -65,7 +51,7 @@ def _wants_json() -> bool:
 def create_generate_blueprint(service: GenerateService) -> Blueprint:
     """The routes above, served by ``service``. Errors answer ``{"error": {"code", "message"}}``."""
     bp = Blueprint("text_to_image", __name__)
-    bp.register_error_handler(ImageEngineError, _error)
+    bp.register_error_handler(ImageEngineError, error_response)
     bp.register_error_handler(ModesError, _modes_error)
 
     @bp.post("/generate")
@@ -166,7 +152,7 @@ def _stream(service: GenerateService, req) -> Response:
     first = events.get()
     if isinstance(first, ImageEngineError):
         events.get()  # the end marker
-        return _error(first)
+        return error_response(first)
 
     def body(first_event) -> Iterator[bytes]:
         item = first_event

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from rk_common.flask_http import error_response
+
 from .errors import BadInput, ImageEngineError, TooLarge
 from .sr_service import SRResult, SRService
 
 __all__ = ["SRService", "SRResult", "create_sr_blueprint", "error_response"]
-
-
-def error_response(exc: ImageEngineError):
-    """The JSON error body every image_engine route answers with."""
-    return jsonify({"error": {"code": exc.code, "message": exc.message}}), exc.status
 
 
 def _param(name: str):

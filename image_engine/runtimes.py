@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 CORE_AUTO, CORE_0, CORE_1, CORE_2, CORE_0_1, CORE_0_1_2 = 0, 1, 2, 4, 3, 7
 _CORE_BY_INDEX = (CORE_0, CORE_1, CORE_2)
 FAKE_RKNN_ENV = "IMAGE_ENGINE_FAKE_RKNN"
+SIM_RKNN_ENV = "IMAGE_ENGINE_RKNN_SIM"  # rknn-toolkit2's PC simulator (image_engine/rknn_sim.py)
 BACKENDS = ("onnxruntime", "rknnlite")
 
 
@@ -109,7 +110,7 @@ class OnnxRuntime(ModelRuntime):
         self._session = None
 
 
-def _onnx_io_names(path: Path) -> tuple[list[str], list[str]]:
+def onnx_io_names(path: Path) -> tuple[list[str], list[str]]:
     """Input/output names of an ONNX file (graph only, no weights), or empty lists if unreadable."""
     try:
         import onnx
@@ -135,13 +136,19 @@ class RknnRuntime(ModelRuntime):
         self.core_mask = core_mask
         self._lock = threading.Lock()
         sibling = path.with_suffix(".onnx")
-        self.input_names, self.output_names = _onnx_io_names(sibling) if sibling.exists() else ([], [])
+        self.input_names, self.output_names = onnx_io_names(sibling) if sibling.exists() else ([], [])
         self._rknn = rknn_lite_cls()
         if self._rknn.load_rknn(str(path)) != 0:
-            raise RuntimeFailure(f"RKNNLite.load_rknn failed for {path}")
+            raise RuntimeFailure(f"RKNNLite.load_rknn failed for {path}{self._reason()}")
         if self._rknn.init_runtime(core_mask=core_mask) != 0:
+            reason = self._reason()
             self._rknn.release()
-            raise RuntimeFailure(f"RKNNLite.init_runtime(core_mask={core_mask}) failed for {path}")
+            raise RuntimeFailure(f"RKNNLite.init_runtime(core_mask={core_mask}) failed for {path}{reason}")
+
+    def _reason(self) -> str:
+        """The runtime's own reason when it keeps one (the simulator adapter does; RKNNLite only logs it)."""
+        reason = getattr(self._rknn, "last_error", None)
+        return f": {reason}" if reason else ""
 
     def _ordered(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self.input_names and set(feeds) == set(self.input_names):
@@ -157,9 +164,13 @@ class RknnRuntime(ModelRuntime):
                   for a in self._ordered(feeds)]
         outputs = self._rknn.inference(inputs=inputs, data_format="nhwc")
         if outputs is None or any(o is None for o in outputs):
+            reason = self._reason() or "; see the RKNN runtime log for the cause"
             raise RuntimeFailure(f"RKNN inference returned no output for {self.path.name} "
-                                 f"(core mask {self.core_mask}); see the RKNN runtime log for the cause")
+                                 f"(core mask {self.core_mask}){reason}")
         return [np.asarray(o) for o in outputs]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "runtime": getattr(self._rknn, "runtime_name", "RKNNLite")}
 
     def close(self) -> None:
         with self._lock:
@@ -169,6 +180,10 @@ class RknnRuntime(ModelRuntime):
 
 
 def _rknn_lite_class() -> Any:
+    if os.environ.get(SIM_RKNN_ENV, "") not in ("", "0"):
+        from .rknn_sim import SimulatorRKNNLite
+
+        return SimulatorRKNNLite
     if os.environ.get(FAKE_RKNN_ENV, "") not in ("", "0"):
         from .fake_rknn import FakeRKNNLite
 

@@ -23,6 +23,11 @@ SEQ_LEN = 77
 COND_DIM = 256
 LATENT_CHANNELS = 4
 VAE_SCALE = 8
+# Node names as torch's ONNX export gives them (``/<module path>/<Op>``), so that LoRA keys can find the
+# layers: the UNet's module paths of a cross-attention key projection, the guidance embedding and conv_out.
+_TEXT_PROJ = "/down_blocks.0/attentions.0/transformer_blocks.0/attn2/to_k/MatMul"
+_COND_PROJ = "/time_embedding/cond_proj/MatMul"
+_CONV_OUT = "/conv_out/Conv"
 # Words whose merges make the tiny vocabulary tokenize common prompt words into whole tokens.
 _WORDS = ("a", "the", "of", "at", "in", "cinematic", "forest", "sunrise", "sunset", "city", "photograph",
           "futuristic", "portrait", "mountain", "cat", "dog")
@@ -140,8 +145,8 @@ def _unet(rng, lh: int, lw: int, hidden: int, layers: int):
     nodes = [
         # a per-channel bias from the text, the guidance embedding and the timestep
         helper.make_node("ReduceMean", ["encoder_hidden_states", "seq_axis"], ["text_mean"], keepdims=0),
-        helper.make_node("MatMul", ["text_mean", "w_text"], ["text_bias"]),
-        helper.make_node("MatMul", ["timestep_cond", "w_cond"], ["cond_bias"]),
+        helper.make_node("MatMul", ["text_mean", "w_text"], ["text_bias"], name=_TEXT_PROJ),
+        helper.make_node("MatMul", ["timestep_cond", "w_cond"], ["cond_bias"], name=_COND_PROJ),
         helper.make_node("Cast", ["timestep"], ["t_float"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["t_float", "t_scale"], ["t_scaled"]),
         helper.make_node("Unsqueeze", ["t_scaled", "last_axis"], ["t_col"]),
@@ -151,7 +156,7 @@ def _unet(rng, lh: int, lw: int, hidden: int, layers: int):
         # spatial mixing: a 3x3 convolution, squashed, plus a share of the input (like a noise estimate)
         *body,
         helper.make_node("Conv", ["features" if layers else "sample", "w_conv", "b_conv"], ["conv"],
-                         pads=[1, 1, 1, 1]),
+                         pads=[1, 1, 1, 1], name=_CONV_OUT),
         helper.make_node("Add", ["conv", "bias"], ["pre"]),
         helper.make_node("Tanh", ["pre"], ["squashed"]),
         helper.make_node("Mul", ["sample", "skip"], ["skipped"]),

@@ -7,7 +7,9 @@ import logging
 import sys
 from typing import List, Optional
 
-from .config import add_serve_arguments, config_from_args
+from rk_common.settings import SettingsError, cli_error
+
+from .config import PROGRAM
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -15,7 +17,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="rkllama-bridge", description="rkllama-compatible server for Rockchip "
                                      "NPU boards (RKLLM), with host-CPU and simulated runtimes")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_serve_arguments(sub.add_parser("serve", help="serve the models of a directory"))
+    PROGRAM.add_arguments(sub.add_parser("serve", help="serve the models of a directory"))
     sub.add_parser("doctor", help="report board, NPU driver, librkllmrt version and model compatibility",
                    add_help=False)
     if argv[:1] == ["doctor"]:
@@ -23,11 +25,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         return doctor_main(argv[1:])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+    try:
+        config = PROGRAM.load(args)
+    except SettingsError as exc:
+        return cli_error("rkllama-bridge", exc)
+    logging.basicConfig(level=getattr(logging, str(config.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .server import main_serve
 
-    return main_serve(config_from_args(args))
+    return main_serve(config)
 
 
 if __name__ == "__main__":

@@ -1,37 +1,14 @@
-"""The bridge's exception tree. Every error that reaches a client is one of these, as JSON
-``{"error": {"code": ..., "message": ...}}`` with ``status`` as the HTTP status."""
+"""The bridge's errors: the shared tree (:mod:`rk_common.errors`) plus the bridge's own cases. Every error
+that reaches a client is one of these, as JSON ``{"error": {"code": ..., "message": ...}}`` with
+``status`` as the HTTP status."""
 
 from __future__ import annotations
 
-from typing import Optional
+from rk_common.errors import ApiError as BridgeError
+from rk_common.errors import BadRequest, TooManyRequests, Unauthorized
 
-
-class BridgeError(Exception):
-    status = 500
-    code = "internal_error"
-
-    def __init__(self, message: str, *, status: Optional[int] = None, code: Optional[str] = None,
-                 headers: Optional[dict] = None):
-        super().__init__(message)
-        self.message = message
-        if status is not None:
-            self.status = status
-        if code is not None:
-            self.code = code
-        self.headers = headers or {}
-
-    def to_json(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message}}
-
-
-class BadRequest(BridgeError):
-    status = 400
-    code = "bad_request"
-
-
-class Unauthorized(BridgeError):
-    status = 401
-    code = "unauthorized"
+__all__ = ["BridgeError", "BadRequest", "Unauthorized", "ModelNotFound", "QueueFull", "ContextOverflow",
+           "ClientGone", "ModelUnavailable"]
 
 
 class ModelNotFound(BridgeError):
@@ -39,8 +16,7 @@ class ModelNotFound(BridgeError):
     code = "model_not_found"
 
 
-class QueueFull(BridgeError):
-    status = 429
+class QueueFull(TooManyRequests):
     code = "queue_full"
 
 

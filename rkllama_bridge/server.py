@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
 from .app import create_app
-from .config import BridgeConfig
+from .config import BridgeConfig, warn_ignored_image_names
 from .default_model import DEFAULT_MODEL_NAME, ensure_default_model
 from .errors import BadRequest
 from .lifecycle import DEFAULT_KEEP_ALIVE_S, default_state_path, parse_keep_alive
@@ -35,7 +36,8 @@ def build_service(config: BridgeConfig) -> BridgeService:
                                        ("load_s", config.sim_load_s)) if v is not None}
     runtime = create_runtime(config.runtime, sim_profile=config.sim_profile, sim_overrides=sim_overrides,
                              tokenizer_for=lambda name: store.get(name).tokenizer, threads=None,
-                             rkllm_lib=config.rkllm_lib, rkllm_abi=config.rkllm_abi)
+                             rkllm_lib=config.rkllm_lib, rkllm_abi=config.rkllm_abi,
+                             rkllm_stall_timeout_s=config.rkllm_stall_timeout)
     try:
         keep_alive = DEFAULT_KEEP_ALIVE_S if config.keep_alive is None else parse_keep_alive(config.keep_alive)
     except BadRequest as exc:
@@ -62,7 +64,7 @@ def serve(config: BridgeConfig) -> int:
         log.warning("binding %s without a token: anyone on the network can use this bridge", config.host)
     app = create_app(service, token=config.token, max_body_bytes=config.max_body_bytes)
     if config.images:
-        mount_images(app, service)
+        mount_images(app, service, config)
     server = create_server(app, host=config.host, port=config.port, threads=config.wsgi_threads,
                            channel_request_lookahead=1,
                            # waitress's own limit only guards against absurd bodies (it answers in plain
@@ -99,13 +101,15 @@ def serve(config: BridgeConfig) -> int:
     return 0
 
 
-def mount_images(app, service: BridgeService) -> None:
+def mount_images(app, service: BridgeService, config: BridgeConfig) -> None:
     """The image engine's routes in this process, so one bridge owns the NPU for LLM and images alike:
     every image model call takes its turn from the same arbiter as LLM tokens."""
     from image_engine.app import mount_image_routes
     from image_engine.config import EngineConfig
 
-    mount_image_routes(app, EngineConfig.from_env(), npu_gate=lambda: service.arbiter.turn("image"))
+    warn_ignored_image_names(os.environ)
+    mount_image_routes(app, EngineConfig(sr=config.sr, generate=config.generate),
+                       npu_gate=lambda: service.arbiter.turn("image"))
 
 
 def main_serve(config: BridgeConfig) -> int:

@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -393,8 +393,8 @@ class BridgeService:
     def _record(self, name: str, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         if self.options.record_prompts is None:
             return
-        line = json.dumps({"model": name, "prompt_token_ids": list(prompt_ids), "params": asdict(params),
-                           "time": time.time()})
+        line = json.dumps({"model": name, "prompt_token_ids": list(prompt_ids), "time": time.time(),
+                           "params": params.__dict__})
         with self._record_lock, open(self.options.record_prompts, "a", encoding="utf-8") as f:
             f.write(line + "\n")
 

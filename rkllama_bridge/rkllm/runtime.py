@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from ..runtimes.base import SAMPLING_FIELDS, ModelLoadError, ModelSpec, Runtime, RuntimeUnavailable
@@ -19,17 +18,16 @@ from .model_file import inspect_model, version_mismatch
 
 log = logging.getLogger(__name__)
 
-STALL_ENV = "RKLLM_STALL_TIMEOUT_S"
-
-
 class RKLLMRuntime(Runtime):
-    """librkllmrt-backed runtime. ``lib_path``/``abi`` override ``RKLLM_LIB``/``RKLLM_ABI``."""
+    """librkllmrt-backed runtime. ``lib_path``/``abi`` override ``RKLLM_LIB``/``RKLLM_ABI``; a run with no
+    output for ``stall_timeout_s`` ends with an error."""
 
     name = "rkllm"
 
-    def __init__(self, lib_path: str | None = None, abi: str | None = None):
+    def __init__(self, lib_path: str | None = None, abi: str | None = None, stall_timeout_s: float = 240.0):
         self._lib_path = lib_path
         self._abi = abi
+        self._stall_timeout_s = stall_timeout_s
         self._library: RKLLMLibrary | None = None
         self._lock = threading.Lock()
 
@@ -82,7 +80,6 @@ class RKLLMRuntime(Runtime):
                                  f"{'.'.join(library.version.split('.')[:2])}.x or install a matching runtime")
         if mismatch:
             log.warning("%s: %s (going by the file name; loading anyway)", spec.name, mismatch)
-        stall = float(os.environ.get(STALL_ENV, "600"))
-        handle = RKLLMHandle(library, spec, stall_timeout_s=stall)
+        handle = RKLLMHandle(library, spec, stall_timeout_s=self._stall_timeout_s)
         log.info("%s: loaded %s on RKLLM %s (ABI %s)", spec.name, info.path, library.version or "?", library.abi.name)
         return handle

@@ -4,38 +4,29 @@ stop strings, and response helpers."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from flask import Response, current_app, g, request
 
+from rk_common import validation
+
 from ..errors import BadRequest, BridgeError
 from ..params import require_object
 from ..service import BridgeService, DoneEvent, Generation, TokenEvent
 from ..store import StoredModel, validate_name
+
+MAX_STOP = 16
 
 
 def service() -> BridgeService:
     return current_app.config["BRIDGE_SERVICE"]
 
 
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
 def json_body() -> dict:
     """The request's JSON object; malformed JSON or another type is a 400 that says so."""
-    raw = request.get_data(cache=True)
-    if not raw:
-        raise BadRequest("the request body is empty: send a JSON object", code="invalid_body")
-    try:
-        body = json.loads(raw)
-        if _SURROGATE_ESCAPE.search(raw):  # a \udXXX escape may leave a lone surrogate no tokenizer takes
-            json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except (ValueError, UnicodeError) as exc:
-        raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from None
-    return require_object(body)
+    return require_object(validation.decode_json(request.get_data(cache=True)))
 
 
 def client_gone_probe():
@@ -108,13 +99,8 @@ def start_chat(model: Optional[str], messages: Sequence[dict], fields: dict, bod
 
 
 def stop_list(value) -> List[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value) or len(value) > 16:
-        raise BadRequest("'stop' must be a non-empty string or a list of up to 16 of them", code="invalid_parameter")
-    return value
+    """Stop strings of the Ollama and rkllama routes (the OpenAI route takes OpenAI's limit of 4)."""
+    return list(validation.stop_list(value, MAX_STOP))
 
 
 @dataclass

@@ -13,10 +13,11 @@ import time
 
 from flask import Blueprint, jsonify
 
+from rk_common.reply_shaping import REASONING, ReplyStream, shape_reply
+from rk_common.tool_calls import validate_tools
+
 from ..errors import BadRequest
 from ..params import messages_field, optional_bool, optional_str
-from ..reply_shaping import REASONING, ReplyStream, shape_reply
-from ..tool_calls import validate_tools
 from .common import (
     client_gone_probe,
     collect,

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from image_engine.tiny_model import write_tiny_model
+from rkllama_bridge.config import image_env_for_bridge
 from tests.support import ServerProcess
 
 IMAGE_TOKEN = "image-fuzz-token"
@@ -40,5 +41,6 @@ def image_server(tiny_modes, tmp_path_factory):
 @pytest.fixture
 def image_env(tiny_modes, tmp_path) -> dict:
     """Environment that makes a bridge's mounted image routes serve the tiny LCM model."""
-    return {"MODES_PATH": str(tiny_modes), "NUM_WORKERS": "1", "QUEUE_MAX": "4", "SR_NUM_WORKERS": "1",
-            "OUTPUTS_DIR": str(tmp_path / "outputs"), "SR_MAX_PIXELS": "200000"}
+    return image_env_for_bridge({"MODES_PATH": str(tiny_modes), "NUM_WORKERS": "1", "QUEUE_MAX": "4",
+                                 "SR_NUM_WORKERS": "1", "OUTPUTS_DIR": str(tmp_path / "outputs"),
+                                 "SR_MAX_PIXELS": "200000"})

@@ -9,6 +9,7 @@ import requests
 from hypothesis import strategies as st
 
 from exo_rk.openapi import build_spec
+from rkllama_bridge.config import image_env_for_bridge
 from tests.support import ServerProcess
 
 from .conftest import FAST_SIM
@@ -21,8 +22,8 @@ TOKEN = "gateway-fuzz-token"
 def gateway(sim_models_dir, tiny_modes, tmp_path_factory):
     from tests.support import bridge_argv
 
-    image_env = {"MODES_PATH": str(tiny_modes), "NUM_WORKERS": "1", "SR_NUM_WORKERS": "1",
-                 "OUTPUTS_DIR": str(tmp_path_factory.mktemp("gw-outputs"))}  # the bridge's /image routes
+    image_env = image_env_for_bridge({"MODES_PATH": str(tiny_modes), "NUM_WORKERS": "1", "SR_NUM_WORKERS": "1",
+                                      "OUTPUTS_DIR": str(tmp_path_factory.mktemp("gw-outputs"))})  # its /image
     with ServerProcess(bridge_argv(sim_models_dir, "sim", *FAST_SIM), env=image_env) as bridge:
         argv = [sys.executable, "-m", "exo_rk", "serve", "--host", "127.0.0.1", "--bridge", bridge.url,
                 "--default-model", "qwen-sim", "--api-token", TOKEN]
@@ -64,7 +65,7 @@ def test_every_route_but_health_needs_the_token_and_errors_are_json(gateway):
 def test_inputs_that_once_gave_500_get_400(gateway):
     raw = b'{"messages": [{"role": "user", "content": "a\\udfffb"}]}'
     status, body = gateway.post_json("/v1/chat/completions", raw)
-    assert status == 400 and body["error"]["code"] == "invalid_request", body
+    assert status == 400 and body["error"]["code"] == "invalid_json", body  # as the bridge answers it
     status, body = gateway.post_json("/v1/images/generations", b'{"prompt": "\\ud800"}')
     assert status == 400 and body["error"]["code"] == "invalid_request", body
     # refused by the image server behind the bridge (its model makes 64x64 only): a 400, not a 502

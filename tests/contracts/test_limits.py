@@ -10,6 +10,7 @@ import time
 
 import requests
 
+from rkllama_bridge.config import image_env_for_bridge
 from tests.support import ServerProcess, wait_for
 
 from .conftest import FAST_SIM, IMAGE_TOKEN, image_argv
@@ -70,6 +71,7 @@ def test_binding_all_interfaces_without_a_token_is_warned_about(tiny_modes, sim_
 
     env = {"MODES_PATH": str(tiny_modes), "OUTPUTS_DIR": str(tmp_path / "out"), "EXO_HOME": str(tmp_path),
            "RKLLM_SERVERS": ""}
+    env.update(image_env_for_bridge(env))  # the bridge reads its image settings under its own prefix
     argvs = {"image": image_argv("--host", "0.0.0.0"),
              "gateway": [sys.executable, "-m", "exo_rk", "serve", "--host", "0.0.0.0", "--bridge", "127.0.0.1:9"],
              "bridge": bridge_argv(sim_models_dir, "sim") + ["--host", "0.0.0.0"]}

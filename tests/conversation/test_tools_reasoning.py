@@ -8,8 +8,8 @@ import json
 import pytest
 from openai import OpenAI
 
-from rkllama_bridge.reasoning import split_reasoning
-from rkllama_bridge.reply_shaping import ReplyStream, shape_reply
+from rk_common.reasoning import split_reasoning
+from rk_common.reply_shaping import ReplyStream, shape_reply
 
 from ..conftest import write_sim_model
 

@@ -10,13 +10,14 @@ import pytest
 from PIL import Image
 
 from image_engine.tiny_model import write_tiny_model
+from rkllama_bridge.config import image_env_for_bridge
 from tests.support import ServerProcess, bridge_argv
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, sim_models_dir):
     model = write_tiny_model(tmp_path_factory.mktemp("gw-image") / "tiny", 64, 64, seed=5)
-    env = {"MODEL_ROOT": str(model), "DEFAULT_SIZE": "64x64", "NUM_WORKERS": "1"}
+    env = image_env_for_bridge({"MODEL_ROOT": str(model), "DEFAULT_SIZE": "64x64", "NUM_WORKERS": "1"})
     with ServerProcess(bridge_argv(sim_models_dir, "sim", "--sim-profile", "instant"), env=env) as bridge:
         home = tmp_path_factory.mktemp("gw-exo-home")
         argv = [sys.executable, "-m", "exo_rk", "serve", "--host", "127.0.0.1", "--bridge", bridge.url]

@@ -1,14 +1,11 @@
-"""The LCM pipeline over the tiny model: determinism, progress, cancellation, sizes, RKNN layouts."""
+"""The LCM pipeline over the tiny model: determinism, progress, cancellation, sizes."""
 
-from typing import ClassVar
 
 import numpy as np
 import pytest
 
 from image_engine.errors import BadInput, Cancelled
-from image_engine.fake_rknn import FakeRKNNLite
 from image_engine.pipeline import GenerateParams, LCMPipeline, encode_image
-from image_engine.runtimes import load_runtime
 from image_engine.workers import CancelToken
 
 
@@ -78,38 +75,3 @@ def test_fixed_shape_model_refuses_other_sizes_naming_the_supported_one(pipe):
 def test_step_counts_out_of_range_are_bad_input(pipe, steps):
     with pytest.raises(BadInput, match="between 1 and 50"):
         pipe.generate(params(steps=steps))
-
-
-class ShapeRecordingRKNNLite(FakeRKNNLite):
-    """The fake RKNNLite, also recording the shapes it receives (what would cross the NPU boundary)."""
-
-    seen: ClassVar[list] = []
-
-    def inference(self, inputs, data_format=None, **kw):
-        shapes = [np.asarray(a).shape for a in inputs]
-        type(self).seen.append((self._onnx_path.parent.name, shapes, data_format))
-        return super().inference(inputs, data_format=data_format, **kw)
-
-
-def test_rknn_path_feeds_nhwc_latents_and_gives_the_same_image(tiny_model_wide):
-    ShapeRecordingRKNNLite.seen = []
-
-    def loader(path, backend, core):
-        return load_runtime(path, "rknnlite", core_index=core, rknn_lite_cls=ShapeRecordingRKNNLite)
-
-    rknn = LCMPipeline.load(tiny_model_wide, backend="rknnlite", core_index=1, loader=loader)
-    assert {rt.backend for rt in rknn.runtimes.values()} == {"rknnlite"}
-    assert rknn.files.paths["unet"].name == "model.rknn"
-    p = params(width=96, height=64, steps=2)
-    got = rknn.generate(p).image
-    seen = ShapeRecordingRKNNLite.seen
-    by_model = {}
-    for model, shapes, fmt in seen:
-        by_model.setdefault(model, []).append((shapes, fmt))
-    # text encoder: 2-D ids untouched; UNet and VAE: latents as (1, h, w, 4) — NHWC — never (1, 4, h, w).
-    assert by_model["text_encoder"] == [([(1, 77)], "nhwc")]
-    assert [s[0][0] for s in by_model["unet"]] == [(1, 8, 12, 4)] * 2
-    assert by_model["vae_decoder"][0][0] == [(1, 8, 12, 4)]
-    reference = LCMPipeline.load(tiny_model_wide, backend="onnxruntime").generate(p).image
-    np.testing.assert_allclose(got, reference, atol=1e-5)
-    assert got.shape == (64, 96, 3)
