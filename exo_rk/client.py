@@ -105,7 +105,8 @@ class GenerationBackend(Protocol):
         self, model: str, prompt_token_ids: Sequence[int], params: GenerationParams
     ) -> AsyncIterator[StreamEvent]: ...
 
-    async def generate_oneshot(self, model: str, messages: Sequence[Dict[str, Any]]) -> OneShotReply: ...
+    async def generate_oneshot(self, model: str, messages: Sequence[Dict[str, Any]],
+                               params: Optional[GenerationParams] = None) -> OneShotReply: ...
 
     async def tokenizer_files(self, model: str) -> Tuple[List[str], Optional[str]]: ...
 
@@ -314,9 +315,13 @@ class BridgeClient:
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
             raise errors.BridgeUnavailable(f"stream broken: {exc!r}", url=url) from exc
 
-    async def generate_oneshot(self, model: str, messages: Sequence[Dict[str, Any]]) -> OneShotReply:
-        """rkllama's ``POST /generate`` with ``stream: false``: the whole answer at once."""
-        body = {"model": model, "messages": list(messages), "stream": False}
+    async def generate_oneshot(self, model: str, messages: Sequence[Dict[str, Any]],
+                               params: Optional[GenerationParams] = None) -> OneShotReply:
+        """rkllama's ``POST /generate`` with ``stream: false``: the whole answer at once. The sampling
+        parameters travel as the native stream's fields (a bridge honours them; stock rkllama ignores
+        fields it does not know and uses its Modelfile)."""
+        body = {**(params.to_json() if params else {}), "model": model, "messages": list(messages),
+                "stream": False}
         data = await self._call("POST", "/generate", body, timeout=self.stream_read_timeout)
         if isinstance(data, (bytes, bytearray)):
             data = json.loads(data)

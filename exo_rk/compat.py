@@ -1,7 +1,10 @@
 """exo's types when exo is importable, otherwise minimal stand-ins with the same shape.
 
 The package installs, runs and tests without exo; inside exo the engine subclasses exo's own
-``InferenceEngine`` and receives exo's own ``Shard`` objects, so nothing needs converting.
+``InferenceEngine`` and receives exo's own ``Shard`` objects, so nothing needs converting. The stand-ins
+have the signatures of legacy exo 5f18faec1 (``tests/exo_rk/exo_facts.py`` records them and a test compares),
+except ``sample``: exo's abstract method takes only ``x`` while its node calls ``sample(x, temp=...)`` and
+every concrete engine takes ``(x, temp, top_p)``, so the stand-in declares what the node relies on.
 """
 
 from __future__ import annotations
@@ -51,15 +54,28 @@ except ImportError:
                 "n_layers": self.n_layers,
             }
 
-        @staticmethod
-        def from_dict(data: Dict[str, Any]) -> "Shard":
+        def from_dict(data: Dict[str, Any]) -> "Shard":  # noqa: N805 - exo's own: called as Shard.from_dict(d)
             return Shard(**data)
+
+        def overlaps(self, other: "Shard") -> bool:
+            return shards_overlap(self, other)
+
+    def shards_overlap(shard1: Shard, shard2: Shard) -> bool:
+        return shard1.model_id == shard2.model_id and max(shard1.start_layer, shard2.start_layer) <= min(
+            shard1.end_layer, shard2.end_layer)
 
     class ShardDownloader(ABC):  # type: ignore[no-redef]
         """exo's downloader interface; the RKLLM engine never downloads weights (the bridge has them)."""
 
         @abstractmethod
         async def ensure_shard(self, shard: Shard, inference_engine_name: str) -> Path: ...
+
+        @property
+        @abstractmethod
+        def on_progress(self) -> Any: ...
+
+        @abstractmethod
+        async def get_shard_download_status(self, inference_engine_name: str) -> Any: ...
 
     class InferenceEngine(ABC):  # type: ignore[no-redef]
         """exo's engine interface. ``session`` is a class attribute in exo: engines set their own."""
@@ -70,7 +86,7 @@ except ImportError:
         async def encode(self, shard: Shard, prompt: str) -> np.ndarray: ...
 
         @abstractmethod
-        async def sample(self, x: np.ndarray) -> np.ndarray: ...
+        async def sample(self, x: np.ndarray, temp: float = 0.0, top_p: float = 1.0) -> np.ndarray: ...
 
         @abstractmethod
         async def decode(self, shard: Shard, tokens: np.ndarray) -> str: ...
@@ -92,6 +108,9 @@ except ImportError:
 
         async def save_session(self, key, value):
             self.session[key] = value
+
+        async def clear_session(self):
+            self.session.clear()  # exo calls dict.empty(), which does not exist; the effect it means
 
         async def infer_prompt(
             self, request_id: str, shard: Shard, prompt: str, inference_state: Optional[dict] = None

@@ -5,7 +5,9 @@ generated token with shape (1, 1), passes each output through ``sample`` and sto
 ``eos_token_id`` or its own token limit. This engine sends the (1, N) token ids to the bridge's native
 stream once — every turn and the system prompt exactly as exo templated them — and answers each call with
 the next token as soon as the bridge produced it. It never raises after the first token: failures are
-logged and end the request with EOS. Requests exo stops asking about expire (TTL and cap).
+logged and end the request with EOS. Requests exo stops asking about expire (TTL and cap), and their
+generation is aborted on the bridge: at exo's own token limit (``--max-generate-tokens``, handed over by the
+hook) and when buffered tokens see no call for ``call_idle_timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -63,11 +65,14 @@ class RKLLMInferenceEngine(InferenceEngine):
         self.tokenizer: Any = None
         self._models: Dict[str, _LoadedModel] = {}
         self._load_lock = asyncio.Lock()
-        self._requests: RequestTable = RequestTable(self.settings.request_ttl, self.settings.max_requests)
+        self._requests: RequestTable = RequestTable(self.settings.request_ttl, self.settings.max_requests,
+                                                    idle=self.settings.call_idle_timeout)
         self._conversations: Dict[str, List[Dict[str, Any]]] = {}
+        self._max_tokens: Dict[str, int] = {}  # per-request limits exo's API was given (via the hook)
         self._sweeper: Optional[asyncio.Task] = None
         self._image_engine: Any = None
         self.exo_temperature: Optional[float] = None
+        self.exo_max_tokens: Optional[int] = None  # the node's --max-generate-tokens, when known
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -86,17 +91,30 @@ class RKLLMInferenceEngine(InferenceEngine):
             raise errors.UnknownModel(f"no model card for {model_id!r}; known: {sorted(self.cards)}")
         return card
 
-    def remember_messages(self, request_id: str, messages: List[Any]) -> None:
-        """Keep a request's message list for the one-shot mode (exo's API hands it over via the hook)."""
+    def remember_messages(self, request_id: str, messages: List[Any], max_tokens: Optional[int] = None) -> None:
+        """Keep what exo's API knows of a request before the engine hears of it (handed over by the hook):
+        its message list (the one-shot mode sends messages, not token ids) and its ``max_tokens``."""
         self._conversations[request_id] = plain_messages(messages)
-        while len(self._conversations) > self.settings.max_requests:
-            self._conversations.pop(next(iter(self._conversations)))
+        if max_tokens is not None:
+            self._max_tokens[request_id] = int(max_tokens)
+        for remembered in (self._conversations, self._max_tokens):
+            while len(remembered) > self.settings.max_requests:
+                remembered.pop(next(iter(remembered)))
 
-    def bind_node_defaults(self, temperature: Optional[float] = None) -> None:
-        """Take the sampling defaults of the exo node that owns this engine (its ``--default-temp``),
-        which exo would otherwise only pass to ``sample`` after the first token."""
+    def bind_node_defaults(self, temperature: Optional[float] = None,
+                           max_generate_tokens: Optional[int] = None) -> None:
+        """Take the settings of the exo node that owns this engine: its ``--default-temp`` (which exo would
+        only pass to ``sample`` after the first token) and its ``--max-generate-tokens`` (where exo stops
+        calling without a word, so the bridge must stop there too)."""
         if temperature is not None:
             self.exo_temperature = float(temperature)
+        if max_generate_tokens is not None and max_generate_tokens > 0:
+            self.exo_max_tokens = int(max_generate_tokens)
+
+    def serves(self, model_id: str) -> bool:
+        """True for the text models this engine serves through RKLLM bridges (the hook's patches apply to
+        these only)."""
+        return model_id in self.cards and model_id not in IMAGE_MODEL_IDS
 
     # -- exo's interface ----------------------------------------------------------------------------
 
@@ -201,6 +219,10 @@ class RKLLMInferenceEngine(InferenceEngine):
             self._requests.finish(request_id, end.finish_reason if end is not None else gen.ended_by)
             self._conversations.pop(request_id, None)
             token = loaded.eos
+        elif gen.limit is not None and gen.tokens_served >= gen.limit:
+            # exo's node limit: exo stops calling after this token without a word; the API's max_tokens:
+            # the next call reads EOS. Either way the bridge's work ends now.
+            self._requests.finish(request_id, "length")
         return self._token_array(token), inference_state
 
     @staticmethod
@@ -210,17 +232,33 @@ class RKLLMInferenceEngine(InferenceEngine):
     async def _start(self, request_id: str, loaded: _LoadedModel, prompt_ids: np.ndarray, state: dict):
         ids = [int(t) for t in prompt_ids]
         remembered = self._conversations.pop(request_id, None)
+        limits = [n for n in (self._max_tokens.pop(request_id, None), self.exo_max_tokens) if n]
+        limit = min(limits) if limits else None
+        params = self._params(state, self._bridge_limit(loaded, len(ids), limit))
         if loaded.native:
-            params = self._params(state)
             log.debug("request %s: %d prompt tokens to %s (%s)", request_id, len(ids),
                       loaded.card.bridge_model, params)
             events = self.backend.stream(loaded.card.bridge_model, ids, params)
-            return StreamingSession(request_id, events, first_token_timeout=self.settings.first_token_timeout,
-                                    token_timeout=self.settings.token_timeout)
-        return await self._start_oneshot(request_id, loaded, ids, state.get(STATE_MESSAGES) or remembered)
+            gen = StreamingSession(request_id, events, first_token_timeout=self.settings.first_token_timeout,
+                                   token_timeout=self.settings.token_timeout)
+        else:
+            gen = await self._start_oneshot(request_id, loaded, ids, state.get(STATE_MESSAGES) or remembered,
+                                            params)
+        gen.limit = limit
+        return gen
+
+    @staticmethod
+    def _bridge_limit(loaded: _LoadedModel, n_prompt: int, limit: Optional[int]) -> Optional[int]:
+        """``limit`` when the bridge will take it as ``max_new_tokens`` (no more than the Modelfile's default
+        and within the context), so it stops there itself; else None: the bridge's own limit is then the
+        smaller one (exo's default --max-generate-tokens of 10000 is more than a bridge accepts)."""
+        default, num_ctx = loaded.info.defaults.get("max_new_tokens"), loaded.info.num_ctx
+        if limit is None or not isinstance(default, int) or not isinstance(num_ctx, int):
+            return None
+        return limit if limit <= default and n_prompt + limit <= num_ctx else None
 
     async def _start_oneshot(self, request_id: str, loaded: _LoadedModel, ids: List[int],
-                             messages: Optional[List[Any]]) -> CachedReply:
+                             messages: Optional[List[Any]], params: GenerationParams) -> CachedReply:
         """Token caching: the message list to ``/generate`` once, the reply re-tokenized and cached."""
         source = "caller"
         if not messages:
@@ -232,13 +270,16 @@ class RKLLMInferenceEngine(InferenceEngine):
                 f"format this engine can read back; use a bridge with the native stream")
         log.debug("request %s: %d messages (from the %s) to %s /generate", request_id, len(messages), source,
                   loaded.card.bridge_model)
-        reply = await self.backend.generate_oneshot(loaded.card.bridge_model, plain_messages(messages))
+        reply = await self.backend.generate_oneshot(loaded.card.bridge_model, plain_messages(messages), params)
         return CachedReply(request_id, encode_prompt(loaded.tokenizer, reply.content))
 
-    def _params(self, state: dict) -> GenerationParams:
+    def _params(self, state: dict, bridge_limit: Optional[int] = None) -> GenerationParams:
         given = dict(state.get(STATE_PARAMS) or {})
         if "temperature" not in given and self.exo_temperature is not None:
             given["temperature"] = self.exo_temperature
+        limits = [n for n in (given.get("max_new_tokens"), bridge_limit) if n]
+        if limits:
+            given["max_new_tokens"] = min(limits)
         return GenerationParams(
             **{k: v for k, v in given.items() if k in GenerationParams.__dataclass_fields__}
         )
@@ -285,7 +326,7 @@ class RKLLMInferenceEngine(InferenceEngine):
 
     async def _sweep(self) -> None:
         """Evict abandoned requests even when no new call arrives to trigger it."""
-        interval = min(5.0, self.settings.request_ttl / 4)
+        interval = min(5.0, self.settings.request_ttl / 4, self.settings.call_idle_timeout / 4)
         while len(self._requests):
             await asyncio.sleep(interval)
             self._requests.expire()
@@ -293,6 +334,8 @@ class RKLLMInferenceEngine(InferenceEngine):
     async def cleanup(self) -> None:
         """Cancel every request and close the bridge connections."""
         self._requests.clear()
+        self._conversations.clear()
+        self._max_tokens.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._backend is not None:

@@ -523,10 +523,11 @@ class BridgePool:
                                            url=bridge.url)
         return first
 
-    async def generate_oneshot(self, model: str, messages: Sequence[Dict[str, Any]]) -> OneShotReply:
+    async def generate_oneshot(self, model: str, messages: Sequence[Dict[str, Any]],
+                               params: Optional[GenerationParams] = None) -> OneShotReply:
         """One-shot generation on the best bridge; the answer is all-or-nothing, so any retryable
         failure is retried on another bridge."""
-        return await self._with_failover(model, lambda b: b.client.generate_oneshot(model, messages),
+        return await self._with_failover(model, lambda b: b.client.generate_oneshot(model, messages, params),
                                          count=True)
 
     async def _with_failover(self, model: Optional[str], call: Callable[[Bridge], Awaitable[Any]], *,

@@ -10,12 +10,17 @@ Upstream legacy exo has no plugin API, so ``exo_rk_hook.pth`` (installed next to
   fetched from the bridge into exo's downloads directory (exo resolves the tokenizer before the engine
   hears of the request, and offline there is no hub to fall back to);
 - ``exo.orchestration.node``: the node never swaps an RKLLM engine for tinygrad when peers change, reports
-  ``rkllm`` as its engine, and hands the engine its ``--default-temp``;
-- ``exo.api.chatgpt_api``: the API hands each request's message list to the engine (the one-shot mode
-  sends messages, not token ids).
+  ``rkllm`` as its engine, and hands the engine its ``--default-temp`` and ``--max-generate-tokens``;
+- ``exo.api.chatgpt_api``, for models the RKLLM engine serves only: the API hands each request's message
+  list and ``max_tokens`` to the engine; the EOS token's text is left out of the reply; a reply the engine
+  cut short (bridge failure) says ``finish_reason: "error"`` and is logged with its request id, one the
+  bridge ended at ``max_tokens`` says ``"length"``; SSE streams end with ``data: [DONE]``; ``/modelpool``
+  answers at once (the bridges hold the weights: nothing to download, no hub to ask).
 
-Every patch is idempotent and wraps the original function. ``EXO_RK_NO_HOOK=1`` disables the hook.
-This module imports nothing heavy: it runs in every interpreter that has the package installed.
+Each patch wraps one function and marks the wrapper (by identity, not the module), so a module that is
+re-executed (``importlib.reload``) is patched again and nothing is wrapped twice. ``EXO_RK_NO_HOOK=1``
+disables the hook. This module imports nothing heavy: it runs in every interpreter that has the package
+installed; the ``.pth`` file imports it only once an exo module is being imported.
 """
 
 from __future__ import annotations
@@ -29,26 +34,44 @@ if TYPE_CHECKING:  # typing costs import time in every interpreter that reads th
 
 ENGINE_NAME = "rkllm"
 ENGINE_CLASSNAME = "RKLLMInferenceEngine"
-_MARK = "_exo_rk_patched"
+_MARK = "_exo_rk_patch"
+CHAT_PATHS = ("/chat/completions", "/v1/chat/completions")
 
 
 def _is_rk(engine: Any) -> bool:
     return type(engine).__name__ == ENGINE_CLASSNAME
 
 
+def is_patched(function: Any) -> bool:
+    """True for a function this hook put in place of exo's."""
+    return getattr(function, _MARK, False)
+
+
+def _wrap(owner: Any, name: str, make: "Callable[[Any], Any]") -> None:
+    """Replace ``owner.name`` by ``make(original)`` unless it already is a wrapper of this hook."""
+    original = getattr(owner, name)
+    if is_patched(original):
+        return
+    wrapper = make(original)
+    wrapper.__wrapped__ = original
+    setattr(wrapper, _MARK, True)
+    setattr(owner, name, wrapper)
+
+
 def patch_inference_engine(mod: Any) -> None:
     mod.inference_engine_classes.setdefault(ENGINE_NAME, ENGINE_CLASSNAME)
-    original = mod.get_inference_engine
 
-    def get_inference_engine(inference_engine_name: str, shard_downloader: Any):
-        if inference_engine_name == ENGINE_NAME:
-            from exo_rk.engine import RKLLMInferenceEngine
+    def make(original):
+        def get_inference_engine(inference_engine_name: str, shard_downloader: Any):
+            if inference_engine_name == ENGINE_NAME:
+                from exo_rk.engine import RKLLMInferenceEngine
 
-            return RKLLMInferenceEngine(shard_downloader)
-        return original(inference_engine_name, shard_downloader)
+                return RKLLMInferenceEngine(shard_downloader)
+            return original(inference_engine_name, shard_downloader)
 
-    get_inference_engine.__wrapped__ = original  # type: ignore[attr-defined]
-    mod.get_inference_engine = get_inference_engine
+        return get_inference_engine
+
+    _wrap(mod, "get_inference_engine", make)
 
 
 def patch_models(mod: Any) -> None:
@@ -65,14 +88,14 @@ def patch_models(mod: Any) -> None:
 
 
 def patch_tokenizers(mod: Any) -> None:
-    original = mod.resolve_tokenizer
+    def make(original):
+        async def resolve_tokenizer(repo_id):
+            await ensure_bridge_tokenizer(str(repo_id))
+            return await original(repo_id)
 
-    async def resolve_tokenizer(repo_id):
-        await ensure_bridge_tokenizer(str(repo_id))
-        return await original(repo_id)
+        return resolve_tokenizer
 
-    resolve_tokenizer.__wrapped__ = original  # type: ignore[attr-defined]
-    mod.resolve_tokenizer = resolve_tokenizer
+    _wrap(mod, "resolve_tokenizer", make)
 
 
 async def ensure_bridge_tokenizer(repo_id: str) -> None:
@@ -107,49 +130,42 @@ async def ensure_bridge_tokenizer(repo_id: str) -> None:
 
 def patch_node(mod: Any) -> None:
     node_cls = mod.Node
-    original_init = node_cls.__init__
-    original_select = node_cls.select_best_inference_engine
-    original_supported = node_cls.get_supported_inference_engines
 
-    def __init__(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        if _is_rk(self.inference_engine):
-            self.inference_engine.bind_node_defaults(temperature=self.default_sample_temperature)
+    def make_init(original_init):
+        def __init__(self, *args, **kwargs):
+            original_init(self, *args, **kwargs)
+            if _is_rk(self.inference_engine):
+                self.inference_engine.bind_node_defaults(
+                    temperature=getattr(self, "default_sample_temperature", None),
+                    max_generate_tokens=getattr(self, "max_generate_tokens", None))
 
-    async def select_best_inference_engine(self):
-        if _is_rk(self.inference_engine):
-            return None  # RKLLM serves whole models on this node's bridges: never swapped for tinygrad
-        return await original_select(self)
+        return __init__
 
-    def get_supported_inference_engines(self):
-        if _is_rk(self.inference_engine):
-            return [ENGINE_NAME]
-        return original_supported(self)
+    def make_select(original_select):
+        async def select_best_inference_engine(self):
+            if _is_rk(self.inference_engine):
+                return None  # RKLLM serves whole models on this node's bridges: never swapped for tinygrad
+            return await original_select(self)
 
-    node_cls.__init__ = __init__
-    node_cls.select_best_inference_engine = select_best_inference_engine
-    node_cls.get_supported_inference_engines = get_supported_inference_engines
+        return select_best_inference_engine
+
+    def make_supported(original_supported):
+        def get_supported_inference_engines(self):
+            if _is_rk(self.inference_engine):
+                return [ENGINE_NAME]
+            return original_supported(self)
+
+        return get_supported_inference_engines
+
+    _wrap(node_cls, "__init__", make_init)
+    _wrap(node_cls, "select_best_inference_engine", make_select)
+    _wrap(node_cls, "get_supported_inference_engines", make_supported)
 
 
 def patch_chatgpt_api(mod: Any) -> None:
-    api_cls = mod.ChatGPTAPI
-    original_init = api_cls.__init__
+    from exo_rk.exo_api_patches import patch_api_module
 
-    def __init__(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        downstream = self.on_chat_completion_request
-
-        def on_chat_completion_request(request_id, chat_request, prompt):
-            engine = self.node.inference_engine
-            if _is_rk(engine):
-                engine.remember_messages(request_id, chat_request.messages)
-            if downstream is not None:
-                return downstream(request_id, chat_request, prompt)
-            return None
-
-        self.on_chat_completion_request = on_chat_completion_request
-
-    api_cls.__init__ = __init__
+    patch_api_module(mod, _wrap, _is_rk)
 
 
 PATCHES: "Dict[str, Callable[[Any], None]]" = {
@@ -162,12 +178,10 @@ PATCHES: "Dict[str, Callable[[Any], None]]" = {
 
 
 def apply_patch(name: str, module: Any) -> None:
-    """Run the patch for ``name`` once per module object; a failure is reported, never raised."""
-    if getattr(module, _MARK, False):
-        return
+    """Run the patch for ``name`` (wrappers already in place are left alone); a failure is reported,
+    never raised."""
     try:
         PATCHES[name](module)
-        setattr(module, _MARK, True)
     except Exception as exc:  # noqa: BLE001 - a broken patch must not break exo's import
         print(f"exo_rk: could not patch {name}: {exc!r} (exo version not supported?)", file=sys.stderr)
 

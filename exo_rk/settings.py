@@ -83,6 +83,11 @@ class Settings:
                                  aliases=("RKLLM_REQUEST_TTL",), positive=True,
                                  why="longer than the first-token wait (300 s): a request still waiting for its "
                                      "first token is never evicted (it was 120)")
+    call_idle_timeout: float = setting(30.0, "once tokens wait in the engine's buffer, seconds without a call "
+                                       "after which the caller counts as gone and the bridge's generation is "
+                                       "aborted", aliases=("RKLLM_CALL_IDLE_TIMEOUT",), positive=True,
+                                       why="exo asks for the next token at once and never says it stopped; "
+                                           "30 s of buffered, unread tokens means nobody will read them")
     max_requests: int = setting(256, "requests held at once; the least recently used go first",
                                 aliases=("RKLLM_MAX_REQUESTS",), minimum=1)
     models_file: Optional[Path] = setting(None, "TOML or YAML file of extra model cards",

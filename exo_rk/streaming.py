@@ -3,12 +3,16 @@
 A reader task drains the bridge's NDJSON stream into a queue as tokens arrive, so exo's next
 ``infer_tensor`` call returns as soon as the token exists. The session never raises after its first token:
 a broken stream, a bridge error line or a silent bridge ends it, is logged, and reads as end-of-stream.
+``cancel()`` wakes a call that is waiting at once (it reads end-of-stream). The session tells the request
+table whether a call is waiting on it and when it last saw a token, so it is never evicted while in use,
+and whether its caller seems to have stopped asking (tokens buffered, no call for a while).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Optional
 
@@ -21,6 +25,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class _Failure:
     error: BaseException
+
+
+_CANCELLED = object()  # put into the queue by cancel(): wakes a waiting call
 
 
 class StreamingSession:
@@ -40,12 +47,20 @@ class StreamingSession:
         self.tokens_served = 0
         self.end: Optional[StreamEnd] = None
         self.ended_by: Optional[str] = None
+        self.limit: Optional[int] = None  # tokens after which the engine ends the request (exo's limits)
+        self.waiting = False  # a next_token() call is blocked on the queue
+        self.received_at = self.served_at = time.monotonic()  # last token from the bridge / to the caller
         self._queue: "asyncio.Queue[object]" = asyncio.Queue()
         self._task = asyncio.create_task(self._pump(events), name=f"rkllm-stream-{request_id}")
 
     @property
     def done(self) -> bool:
         return self.ended_by is not None
+
+    @property
+    def last_activity(self) -> float:
+        """When this request last moved: a token from the bridge or a call answered."""
+        return max(self.received_at, self.served_at)
 
     @property
     def reader_running(self) -> bool:
@@ -55,6 +70,7 @@ class StreamingSession:
     async def _pump(self, events: AsyncIterator[StreamEvent]) -> None:
         try:
             async for event in events:
+                self.received_at = time.monotonic()
                 self._queue.put_nowait(event)
         except asyncio.CancelledError:
             raise
@@ -74,10 +90,16 @@ class StreamingSession:
             return None
         first = self.tokens_served == 0
         timeout = self.first_token_timeout if first else self.token_timeout
+        self.waiting = True
         try:
             item = await asyncio.wait_for(self._queue.get(), timeout)
         except asyncio.TimeoutError:
             return self._stop("timeout", f"no token from the bridge for {timeout:.0f} s", first)
+        finally:
+            self.waiting = False
+            self.served_at = time.monotonic()
+        if item is _CANCELLED or self.ended_by == "cancelled":
+            return None
         if isinstance(item, TokenEvent):
             self.tokens_served += 1
             return item.token_id
@@ -101,9 +123,16 @@ class StreamingSession:
         log.error("request %s ended early after %d tokens: %s", self.request_id, self.tokens_served, message)
         return None
 
+    def abandoned(self, idle: float) -> bool:
+        """True when tokens wait in the buffer and no call came for ``idle`` seconds: exo (which never
+        says that it stopped) has reached its own limit or lost its client."""
+        return not self.waiting and not self._queue.empty() and time.monotonic() - self.served_at > idle
+
     def cancel(self) -> None:
-        """Stop reading; closing the connection makes the bridge abort the generation."""
+        """Stop reading; closing the connection makes the bridge abort the generation. A call waiting
+        for a token returns at once (end-of-stream)."""
         if not self._task.done():
             self._task.cancel()
         if self.ended_by is None:
             self.ended_by = "cancelled"
+        self._queue.put_nowait(_CANCELLED)

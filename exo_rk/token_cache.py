@@ -34,6 +34,7 @@ class CachedReply:
         self.request_id = request_id
         self.token_ids = [int(t) for t in token_ids]
         self.tokens_served = 0
+        self.limit: Optional[int] = None  # tokens after which the engine ends the request (exo's limits)
         self.ended_by: Optional[str] = None
 
     @property

@@ -101,8 +101,9 @@ class GenConfig:
     model_root: Optional[Path] = setting(None, "legacy: one LCM model directory, served as mode \"default\"")
     num_workers: int = setting(1, "generation workers, one set of runtimes each (RKNN: core i % 3)", minimum=1)
     queue_max: int = setting(64, "generations that may wait for a worker; more get 429", minimum=1)
-    default_size: tuple[int, int] = setting((512, 512), "size when neither the request nor the mode gives one",
-                                            parse=_size, shown="512x512")
+    default_size: Optional[tuple[int, int]] = setting(None, "size when neither the request nor the mode gives "
+                                                      "one; unset: the model's (unet/config.json sample_size), "
+                                                      "else 512x512", parse=_size, shown="the model's")
     default_steps: int = setting(4, "steps likewise", minimum=1)
     default_guidance: float = setting(1.0, "guidance scale likewise")
     default_timeout: float = setting(120.0, "seconds from queueing to result; the job is then cancelled (504)",

@@ -1,5 +1,21 @@
 """The text-to-image service: modes, a pool of LCM workers, and the optional super-resolution step.
 
+variable               default       meaning
+=====================  ============  ==========================================================
+MODES_PATH             ./modes.yaml  modes file (used when it exists); reloaded on change
+MODEL_ROOT             (none)        legacy: one LCM model directory, served as mode "default"
+NUM_WORKERS            1             generation workers, one set of runtimes each (RKNN: core i%3)
+QUEUE_MAX              64            queued generations beyond the running ones; more → 429
+DEFAULT_SIZE           (the model)   size when neither the request nor the mode gives one; unset: the
+                                     model's unet/config.json sample_size, else 512x512
+DEFAULT_STEPS          4             steps likewise
+DEFAULT_GUIDANCE       1.0           guidance scale likewise
+DEFAULT_TIMEOUT        120           seconds from queueing to result; the job is then cancelled
+LCM_BACKEND (new)      auto          auto | onnxruntime | rknnlite
+OUTPUTS_DIR (new)      ./outputs     where ``/inference`` saves its images
+MODES_WATCH_INTERVAL   1.0           seconds between modes-file checks; 0 disables polling (new)
+=====================  ============  ==========================================================
+=======
 Its settings are :class:`~image_engine.config.GenConfig` (modes file, model root, workers, queue, defaults).
 """
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import yaml
 
+from .pipeline import model_image_size
+
 log = logging.getLogger(__name__)
 
 _MODE_KEYS = {"model", "default_size", "default_steps", "default_guidance", "superres", "superres_magnitude",
@@ -44,11 +46,20 @@ class ModesError(ValueError):
     """A modes file is malformed; the message says where."""
 
 
+FALLBACK_SIZE = (512, 512)  # SD 1.5's size, for a model whose config names none
+
+
+def default_size_for(model: Path, defaults: ModeDefaults) -> tuple[int, int]:
+    """A mode's size when it declares none: ``DEFAULT_SIZE`` if set, else the model's, else 512x512."""
+    return defaults.size or model_image_size(model) or FALLBACK_SIZE
+
+
 @dataclass(frozen=True)
 class ModeDefaults:
-    """Values a mode falls back to (the ``DEFAULT_*`` settings)."""
+    """Values a mode falls back to (the ``DEFAULT_*`` settings). ``size`` None: the model's own size (its
+    ``unet/config.json``), else ``FALLBACK_SIZE``."""
 
-    size: tuple[int, int] = (512, 512)
+    size: tuple[int, int] | None = None
     steps: int = 4
     guidance: float = 1.0
 
@@ -135,7 +146,7 @@ def _parse_mode(name: str, spec: object, root: Path, defaults: ModeDefaults, che
         raise ModesError(f"{where}: model directory {model} does not exist or has no unet/")
     loras = _mode_loras(where, spec.get("loras"), model, check_models)
     try:
-        size = parse_size(spec["default_size"]) if "default_size" in spec else defaults.size
+        size = parse_size(spec["default_size"]) if "default_size" in spec else default_size_for(model, defaults)
         steps = _typed(spec, "default_steps", int, defaults.steps)
         guidance = float(_typed(spec, "default_guidance", (int, float), defaults.guidance))
         magnitude = _typed(spec, "superres_magnitude", int, 1)
@@ -187,7 +198,8 @@ def _typed(spec: dict, key: str, kind, default):
 
 def legacy_modes(model_root: Path, defaults: ModeDefaults, backend: str = "auto") -> ModesConfig:
     """One mode, ``default``, serving ``MODEL_ROOT`` (the seed servers' environment configuration)."""
-    mode = Mode("default", Path(model_root), defaults.size, defaults.steps, defaults.guidance, backend=backend)
+    mode = Mode("default", Path(model_root), default_size_for(Path(model_root), defaults), defaults.steps,
+                defaults.guidance, backend=backend)
     return ModesConfig({"default": mode}, "default")
 
 

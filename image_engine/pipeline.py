@@ -282,9 +282,23 @@ def _fixed_size(files: ModelFiles, unet: ModelRuntime,
         # RKNN graphs are static but do not report their shape: the mode declares it, else the config does.
         if declared is not None:
             return declared
-        size = files.unet_config.get("sample_size")
-        if isinstance(size, int):
-            return size * VAE_SCALE, size * VAE_SCALE
-        if isinstance(size, list) and len(size) == 2:
-            return int(size[1]) * VAE_SCALE, int(size[0]) * VAE_SCALE
+        return config_image_size(files.unet_config)
     return None
+
+
+def config_image_size(unet_config: dict) -> tuple[int, int] | None:
+    """(width, height) of the images a UNet config's ``sample_size`` (latent size: int or [h, w]) means."""
+    size = unet_config.get("sample_size")
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size * VAE_SCALE, size * VAE_SCALE
+    if isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size):
+        return int(size[1]) * VAE_SCALE, int(size[0]) * VAE_SCALE
+    return None
+
+
+def model_image_size(model_dir: Path) -> tuple[int, int] | None:
+    """The image size a model directory was made for, from its ``unet/config.json``; None if it says none."""
+    try:
+        return config_image_size(_read_json(Path(model_dir) / "unet" / "config.json"))
+    except RuntimeFailure:
+        return None

@@ -13,6 +13,7 @@ from rk_common.auth import bearer_auth
 
 from . import openapi as openapi_doc
 from .routes import admin, native, ollama, openai, rkllama
+from .routes.common import ignored_params_header
 from .service import BridgeService
 
 DEFAULT_MAX_BODY = 8 * 2**20
@@ -29,6 +30,7 @@ def create_app(service: BridgeService, *, token: Optional[str] = None, max_body_
         app.register_blueprint(module.bp)
     for bp in extra_blueprints:
         app.register_blueprint(bp)
+    app.after_request(ignored_params_header)
     flask_http.install(app, auth=bearer_auth(token), max_body_bytes=max_body_bytes,
                        openai_path=OPENAI_PATHS.__contains__)
     return app

@@ -26,6 +26,7 @@ from .metrics import BridgeMetrics
 from .model_lifecycle import KeepAlive, LoadPlan, ModelLifecycle
 from .params import generation_params
 from .runtimes.base import (
+    SAMPLING_FIELDS,
     GenerationFailed,
     GenerationParams,
     GenerationResult,
@@ -65,6 +66,8 @@ class LoadedModel:
     stored: StoredModel
     queue: HandleQueue
     loaded_at: float = field(default_factory=time.time)
+    load_seconds: float = 0.0  # how long loading took
+    ready_at: float = field(default_factory=time.monotonic)  # when loading ended (monotonic clock)
     last_used: float = field(default_factory=time.time)
     keep_alive_s: Optional[float] = DEFAULT_KEEP_ALIVE_S  # None: forever
     serving: int = 0  # requests admitted (holding or waiting for a handle); changed by ModelLifecycle only
@@ -175,10 +178,11 @@ class BridgeService:
             for h in handles:
                 h.close()
             raise ModelUnavailable(str(exc), code="model_load_failed") from None
+        took = time.monotonic() - started
         log.info("loaded %s (%d instance%s) on %s in %.2f s", stored.name, count, "s" * (count > 1),
-                 self.runtime.name, time.monotonic() - started)
+                 self.runtime.name, took)
         return LoadedModel(stored=stored, queue=HandleQueue(handles, self.options.queue_max),
-                           keep_alive_s=self.options.keep_alive_s)
+                           keep_alive_s=self.options.keep_alive_s, load_seconds=took)
 
     def estimate_mb(self, spec: ModelSpec) -> float:
         """Memory one instance of ``spec`` will take, known before loading it."""
@@ -342,10 +346,22 @@ class BridgeService:
         budget = stored.num_ctx - reply_room(fields, stored)
         return truncate_left(list(messages), encode, budget)
 
+    def unhonoured_params(self, fields: dict) -> List[str]:
+        """The sampling fields a request sets that this runtime cannot honour per request (they come from
+        the Modelfile instead). A ``seed`` it cannot honour is refused: the request asks for a repeatable
+        answer the runtime cannot give."""
+        honoured = self.runtime.per_request_params()
+        ignored = sorted(k for k, v in fields.items() if v is not None and k in SAMPLING_FIELDS and k not in honoured)
+        if "seed" in ignored:
+            raise BadRequest(f"the {self.runtime.name} runtime ({self.runtime.label}) cannot seed a generation: "
+                             "leave out 'seed'", code="unsupported_parameter")
+        return ignored
+
     def params_for(self, stored: StoredModel, fields: dict, prompt_len: int) -> GenerationParams:
         """Validated parameters. An explicit max_new_tokens that does not fit the context is a 400; the
         Modelfile's default is shortened to what fits instead."""
         explicit = fields.get("max_new_tokens") is not None
+        self.unhonoured_params(fields)  # refuses a seed the runtime cannot honour, on every route
         params = generation_params(fields, stored.modelfile.values, stored.num_ctx)
         room = stored.num_ctx - prompt_len
         if room < 1 or (explicit and params.max_new_tokens > room):
@@ -458,6 +474,8 @@ class Generation:
         self.started = time.monotonic()
         self.completion_ids: List[int] = []
         self.dropped_messages = 0  # messages left out by a truncation policy
+        #: (first token, last token, end of the run) on the monotonic clock, for routes reporting durations
+        self.token_times: Tuple[Optional[float], Optional[float], Optional[float]] = (None, None, None)
         self._q: "queue.Queue" = queue.Queue()
         self._released = False
         self._cancelled = False  # aborted by the bridge (client gone, stop string, close)
@@ -525,6 +543,7 @@ class Generation:
                 if isinstance(item, int):
                     last_at = time.monotonic()
                     first_at = first_at or last_at
+                    self.token_times = (first_at, last_at, None)
                     self.completion_ids.append(item)
                     yield TokenEvent(item, detok.push(item))
                     continue
@@ -545,6 +564,7 @@ class Generation:
 
     def _done(self, item, detok: IncrementalDetokenizer, first_at, last_at) -> DoneEvent:
         n = len(self.completion_ids)
+        self.token_times = (first_at, last_at, time.monotonic())
         error = None
         if isinstance(item, GenerationResult):
             # "timeout": cut by the bridge's --request-timeout (OpenAI clients see "length": a limit hit)

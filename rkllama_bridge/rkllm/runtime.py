@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..runtimes.base import ModelLoadError, ModelSpec, Runtime, RuntimeUnavailable
+from ..runtimes.base import SAMPLING_FIELDS, ModelLoadError, ModelSpec, Runtime, RuntimeUnavailable
 from .handle import RKLLMHandle
 from .library import RKLLMLibrary
 from .model_file import inspect_model, version_mismatch
@@ -55,6 +55,15 @@ class RKLLMRuntime(Runtime):
         except RuntimeUnavailable as exc:
             out["error"] = str(exc)
         return out
+
+    def per_request_params(self) -> frozenset:
+        """RKLLM 1.3 takes sampling settings per run (``RKLLMInferParam``); 1.1 and 1.2 only at
+        ``rkllm_init``, from the Modelfile. No release takes a seed."""
+        try:
+            abi = self.library.abi
+        except RuntimeUnavailable:
+            return frozenset()
+        return SAMPLING_FIELDS - {"seed"} if abi.has_run_overrides else frozenset()
 
     def load(self, spec: ModelSpec) -> RKLLMHandle:
         library = self.library

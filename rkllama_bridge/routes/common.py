@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 
 from rk_common import validation
 
@@ -74,10 +74,26 @@ def model_field(body: dict, *names: str) -> Optional[str]:
     return None
 
 
+def report_ignored(fields: dict) -> List[str]:
+    """The sampling fields of this request the runtime cannot honour per request, noted for the
+    ``X-Ignored-Params`` header (a seed it cannot honour is a 400 instead)."""
+    g.ignored_params = service().unhonoured_params(fields)
+    return g.ignored_params
+
+
+def ignored_params_header(response: Response) -> Response:
+    """``after_request``: name the parameters this request set that the runtime ignored."""
+    ignored = g.get("ignored_params")
+    if ignored:
+        response.headers["X-Ignored-Params"] = ",".join(ignored)
+    return response
+
+
 def start_chat(model: Optional[str], messages: Sequence[dict], fields: dict, body: dict,
                **template_extra) -> Tuple[Generation, StoredModel]:
     """Template the conversation for ``model``, validate parameters and start generating; the request's
     ``truncate`` and ``keep_alive`` fields apply as on every route."""
+    report_ignored(fields)
     return service().start_chat(model, messages, fields, client_gone_probe(), truncate=body.get("truncate"),
                                 keep_alive=body.get("keep_alive"), **template_extra)
 

@@ -3,6 +3,8 @@ clients (the exo engine) can template and decode exactly as the bridge does."""
 
 from __future__ import annotations
 
+from typing import List, Optional
+
 from flask import Blueprint, jsonify, send_file
 
 from ..errors import BadRequest, ModelNotFound
@@ -10,7 +12,16 @@ from ..params import messages_field, optional_bool, optional_str
 from ..service import TokenEvent
 from ..store import validate_name
 from ..tokenizer import TOKENIZER_FILES
-from .common import client_gone_probe, json_body, model_field, ndjson, service, start_chat, streaming
+from .common import (
+    client_gone_probe,
+    json_body,
+    model_field,
+    ndjson,
+    report_ignored,
+    service,
+    start_chat,
+    streaming,
+)
 
 bp = Blueprint("native", __name__)
 
@@ -22,24 +33,34 @@ def _stored(name: str):
     return service().store.get(validate_name(name))
 
 
-@bp.post("/v1/generate")
-def generate():
-    body = json_body()
-    svc = service()
-    name = svc.resolve_model(model_field(body, "model"))
-    stored = svc.load(name).stored
-    fields = {k: body.get(k) for k in _PARAM_FIELDS}
+def _prompt_ids(body: dict) -> Optional[List[int]]:
+    """The body's ``prompt_token_ids`` (None when it gives ``messages``), checked before any model loads,
+    so a malformed or empty request (e.g. a client probing for the route) never loads or evicts one."""
     if "prompt_token_ids" in body:
         ids = body["prompt_token_ids"]
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise BadRequest("'prompt_token_ids' must be a list of integers", code="invalid_token_ids")
+        return ids
+    if "messages" not in body:
+        raise BadRequest("give 'prompt_token_ids' or 'messages'", code="invalid_prompt")
+    return None
+
+
+@bp.post("/v1/generate")
+def generate():
+    body = json_body()
+    svc = service()
+    ids = _prompt_ids(body)
+    fields = {k: body.get(k) for k in _PARAM_FIELDS}
+    ignored = report_ignored(fields)
+    name = svc.resolve_model(model_field(body, "model"))
+    stored = svc.load(name).stored
+    if ids is not None:
         params = svc.params_for(stored, fields, len(ids))
         generation = svc.start(name, ids, params, client_gone_probe(), keep_alive=svc.keep_alive_field(
             body.get("keep_alive")))
-    elif "messages" in body:
-        generation, _ = start_chat(name, messages_field(body), fields, body)
     else:
-        raise BadRequest("give 'prompt_token_ids' or 'messages'", code="invalid_prompt")
+        generation, _ = start_chat(name, messages_field(body), fields, body)
 
     def lines():
         for event in generation:
@@ -50,6 +71,9 @@ def generate():
                         "timings": event.timings}
                 if event.error:
                     done["error"] = event.error
+                if ignored:
+                    done["warnings"] = [f"{k} ignored: the runtime takes it from the Modelfile at load time"
+                                        for k in ignored]
                 yield done
 
     return streaming(ndjson(lines()), generation, "application/x-ndjson")
@@ -94,6 +118,9 @@ def model_info(name: str):
         "defaults": {"temperature": mf.get("TEMPERATURE"), "top_k": mf.get("TOP_K"), "top_p": mf.get("TOP_P"),
                      "repeat_penalty": mf.get("REPEAT_PENALTY"), "max_new_tokens": mf.get("MAX_NEW_TOKENS")},
         "loaded": any(e.name == stored.name for e in service().loaded()),
+        "capabilities": {"runtime": service().runtime.name,
+                         "per_request_params": sorted(service().runtime.per_request_params()),
+                         "max_new_tokens": True},
     })
 
 

@@ -25,6 +25,7 @@ from .common import (
     model_field,
     ndjson,
     now_iso,
+    report_ignored,
     service,
     stop_list,
     streaming,
@@ -91,24 +92,38 @@ def _fields(body: dict) -> tuple:
     return fields, stop_list(options.get("stop"))
 
 
-def _final(name: str, done, started: float, key: str) -> dict:
+def _durations(generation, arrived: float) -> dict:
+    """Ollama's durations in ns, from the request's arrival: ``load_duration`` the model load this request
+    waited for, ``eval_duration`` first to last token (to the end of the run for a single token, so that
+    ``eval_count / eval_duration`` is always defined)."""
+    entry = generation.entry
+    load = entry.load_seconds if entry.ready_at >= arrived else 0.0
+    first, last, end = generation.token_times
+    now = time.monotonic()
+    if first is None:
+        evaluation = 0.0
+    else:
+        evaluation = max((last if last is not None and last > first else end or now) - first, 1e-9)
+    return {"total_duration": int((now - arrived) * 1e9), "load_duration": int(load * 1e9),
+            "eval_duration": int(evaluation * 1e9)}
+
+
+def _final(name: str, done, generation, arrived: float, key: str) -> dict:
     t = done.timings or {}
-    total = time.monotonic() - started
     empty = {"role": "assistant", "content": ""} if key == "message" else ""
     return {"model": name, "created_at": now_iso(), key: empty,
-            "done": True, "done_reason": done.finish_reason, "total_duration": int(total * 1e9),
-            "load_duration": 0, "prompt_eval_count": done.usage.get("prompt_tokens", 0),
+            "done": True, "done_reason": done.finish_reason, **_durations(generation, arrived),
+            "prompt_eval_count": done.usage.get("prompt_tokens", 0),
             "prompt_eval_duration": int(t.get("prefill_ms", 0) * 1e6),
-            "eval_count": done.usage.get("completion_tokens", 0),
-            "eval_duration": int(max(0.0, total * 1e9 - t.get("ttft_ms", 0) * 1e6))}
+            "eval_count": done.usage.get("completion_tokens", 0)}
 
 
-def _respond(name: str, generation, stops, stream: bool, key: str, opened: bool = False, tools: bool = False):
-    started = time.monotonic()
+def _respond(name: str, generation, stops, stream: bool, key: str, arrived: float, opened: bool = False,
+             tools: bool = False):
     pieces = text_pieces(generation, stops)
     if not stream:
         text, done = collect(pieces)
-        final = _final(name, done, started, key)
+        final = _final(name, done, generation, arrived, key)
         if key == "message":
             final[key] = _message(shape_reply(text, opened, tools))
         else:
@@ -128,13 +143,17 @@ def _respond(name: str, generation, stops, stream: bool, key: str, opened: bool 
         for piece in pieces:
             if piece.text:
                 yield from (parts_out(shaper.push(piece.text)) if shaper else [piece_obj(piece.text)])
+            if piece.done and piece.done.finish_reason == "error":
+                # Ollama ends a stream that fails with one {"error": "..."} line
+                yield {"error": (piece.done.error or {}).get("message", "generation failed")}
+                return
             if piece.done:
                 if shaper:
                     parts, calls = shaper.finish()
                     yield from parts_out(parts)
                     if calls:
                         yield piece_obj({"role": "assistant", "content": "", "tool_calls": _ollama_calls(calls)})
-                yield _final(name, piece.done, started, key)
+                yield _final(name, piece.done, generation, arrived, key)
 
     return streaming(ndjson(lines()), generation, "application/x-ndjson")
 
@@ -183,6 +202,7 @@ def _lifecycle_only(body: dict, key: str):
 
 @bp.post("/api/chat")
 def chat():
+    arrived = time.monotonic()
     body = json_body()
     if not body.get("messages") and "keep_alive" in body:
         return _lifecycle_only(body, "message")
@@ -191,11 +211,12 @@ def chat():
     stream = optional_bool(body, "stream", True)
     tools = validate_tools(body.get("tools"), None)
     generation, stored, opened = start_tool_chat(body, messages, fields, tools)
-    return _respond(stored.name, generation, stops, stream, "message", opened, bool(tools))
+    return _respond(stored.name, generation, stops, stream, "message", arrived, opened, bool(tools))
 
 
 @bp.post("/api/generate")
 def generate():
+    arrived = time.monotonic()
     body = json_body()
     prompt = optional_str(body, "prompt")
     if not prompt and "keep_alive" in body:
@@ -206,6 +227,7 @@ def generate():
     stream = optional_bool(body, "stream", True)
     svc = service()
     keep = body.get("keep_alive")
+    report_ignored(fields)
     if optional_bool(body, "raw", False):
         name = svc.resolve_model(model_field(body, "model"))
         stored = svc.load(name, svc.keep_alive_field(keep)).stored
@@ -219,4 +241,4 @@ def generate():
             messages.insert(0, {"role": "system", "content": system})
         generation, stored = svc.start_chat(model_field(body, "model"), messages, fields, client_gone_probe(),
                                             truncate=body.get("truncate"), keep_alive=keep)
-    return _respond(stored.name, generation, stops, stream, "response")
+    return _respond(stored.name, generation, stops, stream, "response", arrived)

@@ -17,7 +17,16 @@ from flask import Blueprint, jsonify
 from rk_common.openai_chat import SSE_DONE, ChatReply, ChatRequest, parse_chat_request, sse
 from rk_common.reply_shaping import chat_inputs, prompt_opens_think
 
-from .common import client_gone_probe, collect, json_body, model_field, service, streaming, text_pieces
+from .common import (
+    client_gone_probe,
+    collect,
+    json_body,
+    model_field,
+    report_ignored,
+    service,
+    streaming,
+    text_pieces,
+)
 
 bp = Blueprint("openai", __name__)
 
@@ -42,6 +51,7 @@ def start_tool_chat(body: dict, messages, fields: dict, tools):
     """Start a chat generation with ``tools`` shown to the model; returns (generation, stored, opened)
     where ``opened`` says the prompt leaves the model inside a ``<think>`` block."""
     svc = service()
+    report_ignored(fields)
     name = svc.resolve_model(model_field(body, "model"))
     stored = svc.load(name, svc.keep_alive_field(body.get("keep_alive"))).stored
     msgs, extra = chat_inputs(messages, tools, stored.tokenizer.chat_template, stored.system_prompt)

@@ -72,8 +72,8 @@ def generate():
         body = {**body, "messages": messages}
     messages = messages_field(body)
     stream = optional_bool(body, "stream", False)
-    fields = {"max_new_tokens": body.get("max_new_tokens"), "temperature": body.get("temperature"),
-              "seed": body.get("seed")}
+    fields = {k: body.get(k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "repeat_penalty",
+                                       "seed")}
     generation, _ = start_chat(model_field(body, "model", "model_name"), messages, fields, body)
     pieces = text_pieces(generation)
     if not stream:

@@ -26,6 +26,10 @@ from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 OnToken = Callable[[int], None]
 
+#: sampling fields a request may set (``max_new_tokens`` is always enforced by the bridge itself)
+SAMPLING_FIELDS = frozenset({"temperature", "top_k", "top_p", "repeat_penalty", "frequency_penalty",
+                             "presence_penalty", "seed"})
+
 
 def reusable_prefix(cached_ids: Sequence[int], prompt_ids: Sequence[int]) -> int:
     """How many leading ids of ``prompt_ids`` a cache holding ``cached_ids`` already covers: all of the
@@ -149,3 +153,8 @@ class Runtime(abc.ABC):
 
     def describe(self) -> dict:
         return {"name": self.name, "label": self.label or self.name}
+
+    def per_request_params(self) -> frozenset:
+        """The ``SAMPLING_FIELDS`` this runtime honours per request; the others are fixed when a model
+        loads (from its Modelfile)."""
+        return SAMPLING_FIELDS

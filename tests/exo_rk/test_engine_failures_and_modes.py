@@ -134,3 +134,22 @@ async def test_host_runtime_gives_a_real_multi_turn_answer(host_bridge, exo_home
         assert status == 200 and sent == ids["token_ids"]
     finally:
         await eng.cleanup()
+
+
+async def test_oneshot_mode_carries_the_sampling_parameters(sim_bridge, exo_home):
+    """exo's temperature and the caller's sampling reach one-shot ``/generate`` as they reach the stream
+    (before: the Modelfile's TEMPERATURE 0.7 was used, whatever exo asked)."""
+    eng = RKLLMInferenceEngine(
+        None, settings=settings_for(sim_bridge.url, exo_home, mode="oneshot"), cards=sim_cards()
+    )
+    eng.bind_node_defaults(temperature=0.0, max_generate_tokens=30)
+    try:
+        shard = shard_for(eng, SIM_MODEL)
+        await eng.ensure_shard(shard)
+        state = {"rkllm_params": {"top_p": 0.5, "top_k": 7}}
+        run = await node_generate(eng, shard, template(eng, CONVERSATION), inference_state=state)
+        assert len(run.tokens) > 2
+        params = [r for r in sim_bridge.recorded() if r["model"] == SIM_MODEL][-1]["params"]
+        assert (params["temperature"], params["top_p"], params["top_k"], params["max_new_tokens"]) == (0.0, 0.5, 7, 30)
+    finally:
+        await eng.cleanup()

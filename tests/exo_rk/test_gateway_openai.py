@@ -91,3 +91,29 @@ def test_bad_requests_get_clear_errors_and_the_gateway_keeps_serving(client):
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model=SIM_MODEL, messages=[])
     assert client.chat.completions.create(model=SIM_MODEL, messages=MESSAGES, max_tokens=1).choices[0].message
+
+
+def _aborts(bridge, model: str) -> float:
+    from tests.pool.runs import metric
+
+    return metric(bridge.request("GET", "/metrics")[2].decode(), "bridge_aborts_total", model=model)
+
+
+def test_early_stops_free_the_board(client, sim_bridge):
+    """A stop sequence aborts the bridge's generation at once (counted in bridge_aborts_total); max_tokens
+    reaches the bridge as its own limit, so it stops there without an abort."""
+    from tests.exo_rk.bridges import LONG_SIM_MODEL
+    from tests.support import wait_for
+
+    def busy() -> int:
+        return sum(m.get("busy", 0) for m in sim_bridge.get_json("/health")[1]["models"] if m["name"] == LONG_SIM_MODEL)
+
+    start = client.chat.completions.create(model=LONG_SIM_MODEL, messages=MESSAGES, max_tokens=12)
+    assert start.choices[0].finish_reason == "length" and start.usage.completion_tokens == 12
+    assert [r for r in sim_bridge.recorded() if r["model"] == LONG_SIM_MODEL][-1]["params"]["max_new_tokens"] == 12
+    stop = start.choices[0].message.content.split()[2]
+    before = _aborts(sim_bridge, LONG_SIM_MODEL)
+    reply = client.chat.completions.create(model=LONG_SIM_MODEL, messages=MESSAGES, stop=[stop])
+    assert reply.choices[0].finish_reason == "stop"  # 4000 tokens at 200 tok/s would take 20 s
+    wait_for(lambda: _aborts(sim_bridge, LONG_SIM_MODEL) == before + 1, timeout=10, what="the abort to count")
+    wait_for(lambda: busy() == 0, timeout=10, what="the handle to be free")

@@ -37,8 +37,9 @@ STAND_IN = {
         from exo.inference.inference_engine import get_inference_engine
 
         class Node:
-            def __init__(self, inference_engine, default_sample_temperature=0.0):
+            def __init__(self, inference_engine, max_generate_tokens=1024, default_sample_temperature=0.0):
                 self.inference_engine = inference_engine
+                self.max_generate_tokens = max_generate_tokens
                 self.default_sample_temperature = default_sample_temperature
 
             def get_supported_inference_engines(self):
@@ -61,10 +62,11 @@ STAND_IN = {
         except ValueError as exc:
             out["error"] = str(exc)
         else:
-            node = Node(engine, default_sample_temperature=0.3)
+            node = Node(engine, max_generate_tokens=64, default_sample_temperature=0.3)
             asyncio.run(node.select_best_inference_engine())
             out.update(engine=type(engine).__name__, kept=node.inference_engine is engine,
                        supported=node.get_supported_inference_engines(), temperature=engine.exo_temperature,
+                       limit=engine.exo_max_tokens,
                        card=model_cards.get("qwen2.5-1.5b-instruct-rkllm"),
                        others_kept="llama-3.2-1b" in model_cards,
                        pretty=pretty_name.get("smollm2-135m-instruct"))
@@ -108,6 +110,7 @@ def test_pth_hook_registers_rkllm_when_exo_loads(stand_in_exo):
     assert out["kept"] is True  # the node did not swap it for tinygrad
     assert out["supported"] == ["rkllm"]
     assert out["temperature"] == 0.3  # the node's --default-temp reached the engine
+    assert out["limit"] == 64  # and its --max-generate-tokens
     assert out["card"] == {"layers": 28, "repo": {"RKLLMInferenceEngine": "Qwen/Qwen2.5-1.5B-Instruct"}}
     assert out["others_kept"] and out["pretty"]
 
@@ -147,3 +150,40 @@ def test_entry_points_for_exo_forks():
     models = {ep.name: ep for ep in entry_points(group="exo.models")}
     assert engines["rkllm"].load().__name__ == "RKLLMInferenceEngine"
     assert "smollm2-135m-instruct" in models["rkllm"].load()
+
+
+PACKAGE = Path(__file__).resolve().parents[2] / "exo_rk"
+PTH_SOURCE = PACKAGE / "exo_rk_hook.pth"
+CHECKOUT_SCRIPT = """
+import importlib, json, sys
+sys.path.extend(sys.argv[1:3])          # site-packages: its libraries and an installed exo_rk
+exec(open(sys.argv[3]).read())           # what site does with exo_rk_hook.pth at start-up
+before = "exo_rk" in sys.modules
+sys.path.insert(0, sys.argv[4])          # what `python -m exo.main` does after start-up: the checkout first
+import exo.inference.inference_engine as engines
+import exo_rk, exo_rk.registration as registration
+importlib.reload(engines)                # exo's module re-executed: the patch must come back
+print("RESULT " + json.dumps({"imported_at_start": before, "exo_rk": exo_rk.__file__,
+      "patched_after_reload": registration.is_patched(engines.get_inference_engine),
+      "rkllm_known": engines.inference_engine_classes.get("rkllm")}))
+"""
+
+
+def test_the_hook_waits_for_exo_so_a_checkouts_package_wins_and_survives_reload(stand_in_exo, tmp_path):
+    """The .pth imports nothing of the package at start-up; when exo loads from a checkout that also holds
+    exo_rk, the checkout's copy is the one patched in; ``importlib.reload`` of exo's module is patched again."""
+    installed = tmp_path / "site"
+    installed.mkdir()
+    (installed / "exo_rk").symlink_to(PACKAGE)
+    (stand_in_exo / "exo_rk").symlink_to(PACKAGE)
+    libraries = next(p for p in sys.path if p.endswith("site-packages"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "EXO_RK_NO_HOOK")}
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", CHECKOUT_SCRIPT, libraries, str(installed), str(PTH_SOURCE),
+         str(stand_in_exo)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert line, f"no result (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    out = json.loads(line[-1][len("RESULT "):])
+    assert out["imported_at_start"] is False
+    assert Path(out["exo_rk"]).parent == stand_in_exo / "exo_rk"
+    assert out["patched_after_reload"] is True and out["rkllm_known"] == "RKLLMInferenceEngine"

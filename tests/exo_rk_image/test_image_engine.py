@@ -199,3 +199,18 @@ async def test_partial_shards_are_refused_with_a_reason(image_server):
             await engine.infer_prompt("req-8", Shard(SD_ID, 0, 14, 31), "a cat", {"image": None})
     finally:
         await engine.cleanup()
+
+
+async def test_exos_sizeless_request_gets_the_models_own_size(tmp_path):
+    """No DEFAULT_SIZE and no mode file: a 96x96 model answers exo's request (which names no size) at 96x96
+    (before: the server assumed 512x512 and refused it)."""
+    model = write_tiny_model(tmp_path / "tiny96", 96, 96, seed=3)
+    with serve(model, "") as server:
+        engine = engine_for(server.url)
+        try:
+            received = await exo_node_generate(engine, "a lighthouse", "req-size")
+        finally:
+            await engine.cleanup()
+        status, modes = server.get_json("/api/modes")
+    assert received[-1][1] is True and received[-1][0].shape == (96, 96, 3)
+    assert status == 200 and modes["modes"]["default"]["default_size"] == "96x96"
