@@ -87,6 +87,9 @@ class WorkerPool(Generic[S]):
         self._close_state = close_state
         self._errors: list[BaseException] = []
         self._tokens: dict[int, CancelToken] = {}
+        # Jobs accepted and not yet finished (queued + running). The bound counts these, not the queue
+        # length: a job a worker has not picked up yet still holds a worker's place.
+        self._outstanding = 0
         self._ready = threading.Barrier(num_workers + 1)
         self._threads = [threading.Thread(target=self._work, args=(i, make_worker_state),
                                           name=f"{name}-{i}", daemon=True) for i in range(num_workers)]
@@ -108,7 +111,11 @@ class WorkerPool(Generic[S]):
         self._ready.wait()
         try:
             while (job := self._queue.get()) is not None:
-                self._run(job, state)
+                try:
+                    self._run(job, state)
+                finally:
+                    with self._lock:
+                        self._outstanding -= 1
         finally:
             if self._close_state is not None:
                 self._close_state(state)
@@ -159,11 +166,12 @@ class WorkerPool(Generic[S]):
         with self._lock:
             if self._closed:
                 raise Unavailable("the worker pool is shut down")
-            if self._queue.qsize() >= self._queue_max:
+            if self._outstanding >= len(self._threads) + self._queue_max:
                 self._stats.rejected += 1
                 raise QueueFull(f"all {len(self._threads)} workers are busy and the queue "
                                 f"({self._queue_max}) is full; retry later")
             self._queue.put_nowait(job)
+            self._outstanding += 1
             self._stats.submitted += 1
         return PendingJob(self, job, timeout)
 
@@ -192,6 +200,8 @@ class WorkerPool(Generic[S]):
             except queue.Empty:
                 break
             job.token.cancel("shutting down")
+            with self._lock:
+                self._outstanding -= 1
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(Cancelled("job dropped: shutting down"))
         for _ in self._threads:

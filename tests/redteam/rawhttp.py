@@ -43,6 +43,29 @@ def exchange(port: int, raw: bytes, timeout: float = 15.0) -> Tuple[int, dict, d
     return status, headers, json.loads(body)
 
 
+def hold_served_connections(port: int, n: int, timeout: float = 30.0) -> List[socket.socket]:
+    """``n`` open keep-alive connections, each proven to be served (a ``GET /health`` answered 200 on it).
+
+    A connection the server refused with 503 (it still counted a just-closed channel it had not reaped
+    yet) is replaced, polling until ``timeout``; so afterwards the server holds exactly these ``n``."""
+    held: List[socket.socket] = []
+    deadline = time.monotonic() + timeout
+    while len(held) < n:
+        if time.monotonic() > deadline:
+            for s in held:
+                s.close()
+            raise AssertionError(f"only {len(held)} of {n} connections were served within {timeout:g}s")
+        sock = connect(port)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        status = read_response(sock, timeout=max(1.0, deadline - time.monotonic()))[0]
+        if status == 200:
+            held.append(sock)
+        else:
+            sock.close()
+            time.sleep(0.05)  # poll pace while the server reaps the stale channel
+    return held
+
+
 class Slowloris:
     """``n`` connections that send a request head one byte per ``period`` seconds, never finishing."""
 

@@ -8,7 +8,7 @@ import json
 import urllib.error
 
 from ..support import wait_for
-from .rawhttp import Slowloris, connect, read_response, run_for
+from .rawhttp import Slowloris, connect, hold_served_connections, read_response, run_for
 
 HEAD_DEADLINE_S = 3
 
@@ -53,7 +53,7 @@ def test_a_slow_head_gets_a_json_408(start_bridge):
 
 def test_connections_beyond_the_limit_get_a_json_503_with_retry_after(start_bridge):
     b = start_bridge("--sim-profile", "instant", "--max-connections", "20")
-    held = [connect(b.port) for _ in range(20)]
+    held = hold_served_connections(b.port, 20)
     extra = [connect(b.port) for _ in range(5)]
     try:
         answers = [read_response(s, timeout=30) for s in extra]

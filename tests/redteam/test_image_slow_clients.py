@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .rawhttp import connect, read_response
+from .rawhttp import connect, hold_served_connections, read_response
 from .test_bridge_slow_clients import HEAD_DEADLINE_S, slowloris_against
 
 
@@ -16,7 +16,7 @@ def test_200_slowloris_connections_leave_health_answering(start_image_service):
 
 def test_connections_beyond_the_limit_get_a_json_503(start_image_service):
     img = start_image_service("--max-connections", "10")
-    held = [connect(img.port) for _ in range(10)]
+    held = hold_served_connections(img.port, 10)
     extra = connect(img.port)
     try:
         status, headers, body = read_response(extra, timeout=30)
