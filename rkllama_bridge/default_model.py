@@ -5,6 +5,7 @@ ordinary entry of a model store) and cached under the user cache directory; late
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import logging
 import os
@@ -49,6 +50,17 @@ def ensure_default_model(root: Path | None = None) -> Path:
     target = root / DEFAULT_MODEL_NAME
     if (target / _MARKER).is_file():
         return target
+    root.mkdir(parents=True, exist_ok=True)
+    # Processes starting together (a bridge and a test run, parallel test workers) convert it once: the
+    # first takes the lock and converts, the others wait for it and reuse its result.
+    with open(root / f".{DEFAULT_MODEL_NAME}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / _MARKER).is_file():
+            return target
+        return _convert(root, target)
+
+
+def _convert(root: Path, target: Path) -> Path:
     source = gguf_path()
     log.info("converting %s to a float32 model in %s (once; ~30 s on 2 cores)", source.name, target)
     started = time.monotonic()
