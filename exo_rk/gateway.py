@@ -128,12 +128,22 @@ class Completion:
         if self.request_id in self.engine.request_ids():
             self.engine.abort(self.request_id)
 
-    def usage(self) -> Dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
+    def usage(self) -> Dict[str, Any]:
+        """The counts of this side; a stock server's own counts win over them (the reply was re-tokenized
+        here, which is only an estimate of what the server generated), and re-tokenized counts of a stock
+        server that reported none are marked ``estimated``."""
+        prompt, completion = self.prompt_tokens, self.completion_tokens
+        server = self.engine.server_usage(self.request_id) or {}
+        stock = not self.engine.is_native(self.model)
+        prompt = int(server.get("prompt_tokens", prompt)) if stock else prompt
+        completion = int(server.get("completion_tokens", completion)) if stock else completion
+        usage: Dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                                 "total_tokens": prompt + completion}
+        if stock and "completion_tokens" not in server:
+            usage["estimated"] = True
+        if "tokens_per_second" in server:
+            usage["tokens_per_second"] = server["tokens_per_second"]
+        return usage
 
     def failure(self) -> ApiError:
         return ApiError(f"the bridge failed after {self.completion_tokens} tokens; the reply is incomplete "

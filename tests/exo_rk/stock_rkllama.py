@@ -112,6 +112,17 @@ class StockServer:
     async def version(self, request: web.Request) -> web.Response:
         return web.json_response({"version": "0.0.74"})
 
+    async def quirks(self, request: web.Request) -> web.Response:
+        """The double's own control route (no rkllama has it): replace the quirks with the given
+        switches (argparse names, the rest back to their defaults) and reset the loaded models."""
+        given = await request.json()
+        self.args = parser().parse_args(["--port-file", self.args.port_file, *given.get("argv", [])])
+        self.models = [m for m in self.args.models.split(",") if m]
+        self.loaded = [self.args.preload] if self.args.preload else []
+        self.leftover = []
+        self.record = Path(self.args.record) if self.args.record else None
+        return web.json_response({"quirks": vars(self.args)})
+
     async def root(self, request: web.Request) -> web.Response:
         return web.json_response({"message": "Welcome to RKLLama with Ollama API compatibility!"})
 
@@ -257,25 +268,41 @@ class StockServer:
         return resp
 
 
+PUNCHNOX_ONLY = {"/current_models", "/api/ps", "/api/version", "/api/tags"}
+CHAT_ROUTES = {"/api/chat", "/v1/chat/completions"}
+
+
 def make_app(args: argparse.Namespace) -> web.Application:
     server = StockServer(args)
+
+    def has(path: str) -> bool:
+        """Whether the fork the server currently plays has ``path`` (the quirks may change at run time)."""
+        fork = server.args.fork
+        if path == "/current_model":
+            return fork == "jfreed"
+        if path in PUNCHNOX_ONLY:
+            return fork == "punchnox"
+        if path in CHAT_ROUTES:
+            return fork == "punchnox" and not server.args.no_chat_routes
+        return True
+
+    def route(handler):
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if not has(request.path):
+                return web.Response(status=404, text="<h1>Not Found</h1>", content_type="text/html")
+            return await handler(request)
+        return guarded
+
     app = web.Application()
-    add = app.router.add_route
-    add("GET", "/", server.root)
-    add("GET", "/models", server.list_models)
-    add("POST", "/load_model", server.load_model)
-    add("POST", "/unload_model", server.unload_model)
-    add("POST", "/generate", server.generate)
-    if args.fork == "jfreed":
-        add("GET", "/current_model", server.current_model)
-    else:
-        add("GET", "/current_models", server.current_models)
-        add("GET", "/api/ps", server.current_models)
-        add("GET", "/api/version", server.version)
-        add("GET", "/api/tags", server.tags)
-        if not args.no_chat_routes:
-            add("POST", "/api/chat", server.chat)
-            add("POST", "/v1/chat/completions", server.chat)
+    for method, path, handler in (
+            ("GET", "/", server.root), ("POST", "/_double/quirks", server.quirks),
+            ("GET", "/models", server.list_models), ("POST", "/load_model", server.load_model),
+            ("POST", "/unload_model", server.unload_model), ("POST", "/generate", server.generate),
+            ("GET", "/current_model", server.current_model), ("GET", "/current_models", server.current_models),
+            ("GET", "/api/ps", server.current_models), ("GET", "/api/version", server.version),
+            ("GET", "/api/tags", server.tags), ("POST", "/api/chat", server.chat),
+            ("POST", "/v1/chat/completions", server.chat)):
+        app.router.add_route(method, path, route(handler))
     return app
 
 
