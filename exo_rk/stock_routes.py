@@ -286,7 +286,9 @@ def _body(route: str, model: str, messages: List[Dict[str, Any]], params: Genera
     if route == "openai":
         body = {"model": model, "messages": messages, "stream": True,
                 "stream_options": {"include_usage": True}}
-        names = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "seed": "seed"}
+        # top_k and repeat_penalty are not OpenAI's, but rkllama and the bridge read them there too.
+        names = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "seed": "seed",
+                 "top_k": "top_k", "repeat_penalty": "repeat_penalty"}
         body.update({names[k]: v for k, v in p.items() if k in names})
         return body
     if route == "ollama":

@@ -116,7 +116,10 @@ class StockServer:
         """The double's own control route (no rkllama has it): replace the quirks with the given
         switches (argparse names, the rest back to their defaults) and reset the loaded models."""
         given = await request.json()
-        self.args = parser().parse_args(["--port-file", self.args.port_file, *given.get("argv", [])])
+        try:
+            self.args = parser().parse_args(["--port-file", self.args.port_file, *given.get("argv", [])])
+        except SystemExit:
+            return web.json_response({"error": f"bad switches {given!r}"}, status=400)
         self.models = [m for m in self.args.models.split(",") if m]
         self.loaded = [self.args.preload] if self.args.preload else []
         self.leftover = []
@@ -146,9 +149,12 @@ class StockServer:
         reply with ``--tail-leak``); the count stays the model's."""
         pieces = reply_words(messages, self.args.reply_words)
         counted = len(pieces)
+        if self.leftover:  # the lost tail comes out first; this reply is sent whole
+            sent, self.leftover = self.leftover + pieces, []
+            return sent, counted
         if self.args.tail_loss:
             sent, lost = pieces[:-self.args.tail_loss], pieces[-self.args.tail_loss:]
-            sent, self.leftover = self.leftover + sent, (lost if self.args.tail_leak else [])
+            self.leftover = lost if self.args.tail_leak else []
             return sent, counted
         return pieces, counted
 
@@ -333,7 +339,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-ids", action="store_true", help="a new id in every /generate chunk")
     p.add_argument("--no-chat-routes", action="store_true", help="punchnox without /api/chat and /v1/...")
     p.add_argument("--tail-loss", type=int, default=0, help="the last N pieces of each reply are not sent")
-    p.add_argument("--tail-leak", action="store_true", help="... and start the next reply instead")
+    p.add_argument("--tail-leak", action="store_true", help="... and start the next reply (sent whole) instead")
     p.add_argument("--reply-words", type=int, default=16)
     p.add_argument("--ttft", type=float, default=0.0, help="seconds before the first piece")
     p.add_argument("--token-interval", type=float, default=0.0, help="seconds between pieces")
