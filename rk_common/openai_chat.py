@@ -122,11 +122,17 @@ def parse_chat_request(body: Any) -> ChatRequest:
         tools=tuple(validate_tools(body.get("tools"), body.get("tool_choice"))))
 
 
+SPEED_FIELDS = ("tokens_per_second", "prompt_eval_duration", "eval_duration", "total_duration")
+
+
 def openai_usage(usage: Mapping[str, Any]) -> Dict[str, Any]:
     """OpenAI's usage object; cached prompt tokens (prefix reuse) go to ``prompt_tokens_details``."""
     out: Dict[str, Any] = {k: int(usage.get(k, 0)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
     if usage.get("cached_tokens"):
         out["prompt_tokens_details"] = {"cached_tokens": int(usage["cached_tokens"])}
+    for key in SPEED_FIELDS:  # rkllama's own usage fields, which its clients print
+        if key in usage:
+            out[key] = float(usage[key])
     return out
 
 

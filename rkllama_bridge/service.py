@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -197,6 +198,14 @@ class BridgeService:
         self._reaper_wake.set()
         for name in self.lifecycle.names():
             self.unload(name, timeout=5.0)
+
+    def delete_model(self, name: str) -> None:
+        """Remove ``name``'s directory from the store, unloading it first; ``ModelNotFound`` if absent."""
+        stored = self.store.get(name)
+        if any(e.name == stored.name for e in self.loaded()):
+            self.unload(stored.name)
+        shutil.rmtree(stored.directory)
+        log.info("model %s deleted from %s", stored.name, self.store.root)
 
     def loaded(self) -> List[LoadedModel]:
         return self.lifecycle.loaded()
