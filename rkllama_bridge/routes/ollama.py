@@ -119,12 +119,13 @@ def show():
 
 @bp.delete("/api/delete")
 def delete():
-    """Ollama's removal: 200 with an empty body, 404 for an unknown model."""
+    """Ollama's removal: 200 (Ollama's body is empty, its clients read only the status), 404 for an unknown
+    model. The client asks for the confirmation; the server deletes at once."""
     name = model_field(json_body(), "model", "name")
     if not name:
         raise BadRequest("'model' is required", code="model_required")
     service().delete_model(name)
-    return "", 200
+    return jsonify({"status": "success"})
 
 
 @bp.post("/api/pull")
