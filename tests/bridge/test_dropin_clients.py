@@ -23,6 +23,7 @@ def bridge(sim_models_dir, tmp_path_factory):
     store = shutil.copytree(sim_models_dir, tmp_path_factory.mktemp("dropin") / "models")
     shutil.copytree(store / SIM_MODEL_2, store / "doomed")
     shutil.copytree(store / SIM_MODEL_2, store / "doomed-too")
+    (store / SIM_MODEL / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 576}))
     argv = bridge_argv(store, "sim", "--sim-profile", "instant", "--no-restore")
     with ServerProcess(argv, startup_timeout=60) as server:
         server.store = store
@@ -34,7 +35,8 @@ def test_the_ollama_client_lists_shows_chats_generates_and_sees_ps(bridge):
     assert SIM_MODEL in [m.model for m in client.list().models]
     shown = client.show(SIM_MODEL)
     assert shown.modelinfo["general.architecture"] and "FROM" in shown.modelfile
-    assert any(k.endswith(".context_length") for k in shown.modelinfo)
+    assert shown.modelinfo["llama.context_length"] > 0
+    assert shown.modelinfo["llama.embedding_length"] == 576  # the model's config.json
     reply = client.chat(model=SIM_MODEL, messages=CHAT, options={"num_predict": 6})
     assert reply.message.content and reply.eval_count == 6 and reply.done
     generated = client.generate(model=SIM_MODEL, prompt="Hi", options={"num_predict": 4})
