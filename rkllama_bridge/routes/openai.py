@@ -11,7 +11,6 @@ prompt tokens (prefix reuse) are reported in ``usage.prompt_tokens_details.cache
 from __future__ import annotations
 
 import time
-import uuid
 
 from flask import Blueprint, jsonify
 
@@ -19,14 +18,13 @@ from rk_common.openai_chat import (
     SSE_DONE,
     ChatReply,
     ChatRequest,
-    finish_reason,
-    openai_usage,
+    TextCompletionReply,
     parse_chat_request,
+    parse_completion_request,
     sse,
 )
 from rk_common.reply_shaping import chat_inputs, prompt_opens_think
 
-from ..errors import BadRequest
 from .common import (
     client_gone_probe,
     collect,
@@ -101,23 +99,11 @@ def chat_completions():
     return streaming(events(), generation, "text/event-stream")
 
 
-def _prompt(body: dict) -> str:
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt:
-        raise BadRequest("'prompt' must be a non-empty string (or a list of one)", code="invalid_prompt",
-                         param="prompt")
-    return prompt
-
-
 @bp.post("/v1/completions")
 def completions():
     """OpenAI's legacy text completion: the prompt goes to the model as it is (no chat template)."""
     body = json_body()
-    prompt = _prompt(body)
-    req = parse_chat_request({k: v for k, v in body.items() if k not in ("prompt", "tools", "tool_choice")}
-                             | {"messages": [{"role": "user", "content": prompt}]})
+    prompt, req = parse_completion_request(body)
     svc = service()
     fields = chat_fields(req, body)
     report_ignored(fields)
@@ -127,30 +113,21 @@ def completions():
     ids = svc.encode_text(stored, prompt)
     generation = svc.start(name, ids, svc.params_for(stored, fields, len(ids)), client_gone_probe(),
                            keep_alive=keep)
-    cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-
-    def envelope(choices: list) -> dict:
-        return {"id": cid, "object": "text_completion", "created": created, "model": stored.name,
-                "choices": choices}
-
+    reply = TextCompletionReply(stored.name)
     pieces = text_pieces(generation, req.stop)
     if not req.stream:
         text, done = collect(pieces)
-        return jsonify({**envelope([{"index": 0, "text": text, "logprobs": None,
-                                     "finish_reason": finish_reason(done.finish_reason)}]),
-                        "usage": openai_usage(speed_stats(generation, done.usage))})
+        return jsonify(reply.completion(text, done.finish_reason, speed_stats(generation, done.usage)))
 
     def events():
         for piece in pieces:
             if piece.text:
-                yield sse(envelope([{"index": 0, "text": piece.text, "logprobs": None, "finish_reason": None}]))
+                yield sse(reply.chunk(piece.text))
             if piece.done:
-                if piece.done.finish_reason == "error":
-                    yield sse({"error": dict(piece.done.error or {"message": "generation failed"})})
-                yield sse(envelope([{"index": 0, "text": "", "logprobs": None,
-                                     "finish_reason": finish_reason(piece.done.finish_reason)}]))
-                if req.include_usage:
-                    yield sse({**envelope([]), "usage": openai_usage(speed_stats(generation, piece.done.usage))})
+                error = piece.done.error if piece.done.finish_reason == "error" else None
+                for item in reply.finish(piece.done.finish_reason, speed_stats(generation, piece.done.usage),
+                                         req.include_usage, error):
+                    yield sse(item)
         yield SSE_DONE
 
     return streaming(events(), generation, "text/event-stream")

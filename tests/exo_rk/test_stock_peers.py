@@ -179,3 +179,8 @@ def test_the_gateway_serves_a_quirky_stock_server_to_the_openai_client(stock_gat
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert streamed == expected_text(stock.received()[-1], 1)
         assert chunks[-1].usage.completion_tokens == WORDS
+        # a text completion reaches a message-only server as one user turn
+        done = client.completions.create(model=SIM_MODEL, prompt="Tell me a story")
+        answered = stock.received()[-1]
+        assert answered["messages"] == [{"role": "user", "content": "Tell me a story"}]
+        assert done.choices[0].text == expected_text(answered, 1) and done.usage.completion_tokens == WORDS
