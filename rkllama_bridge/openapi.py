@@ -27,6 +27,8 @@ INTEGER = {"type": "integer"}
 MESSAGES = {"type": "array", "minItems": 1, "items": openai_chat.MESSAGE}
 STOP = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 16}]}
 SAMPLING = {name: spec.schema() for name, spec in SAMPLING_SPECS.items()}
+EMBED_INPUT = {"anyOf": [{"type": "string", "minLength": 1},
+                         {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 64}]}
 OLLAMA_OPTIONS = obj(num_predict=INTEGER, stop=STOP, **SAMPLING)
 
 
@@ -74,6 +76,14 @@ def _paths() -> Dict[str, Dict[str, Any]]:
                                            max_tokens=INTEGER, stop=STOP,
                                            stream_options=obj(include_usage={"type": "boolean"}),
                                            **SAMPLING), error=OPENAI_ERROR)},
+        "/api/embed": {"post": op("embeddings (Ollama): mean-pooled last hidden layer, one vector per input",
+                                  {JSON: obj(("embeddings",), embeddings={"type": "array"})},
+                                  obj(("input",), model=MODEL_NAME, input=EMBED_INPUT))},
+        "/api/embeddings": {"post": op("embedding of one prompt (Ollama's older route)",
+                                       {JSON: obj(("embedding",), embedding={"type": "array"})},
+                                       obj(("prompt",), model=MODEL_NAME, prompt={"type": "string", "minLength": 1}))},
+        "/v1/embeddings": {"post": op("embeddings (OpenAI)", {JSON: obj(("object", "data"), data={"type": "array"})},
+                                      obj(("input",), model=MODEL_NAME, input=EMBED_INPUT), error=OPENAI_ERROR)},
         "/api/tags": {"get": op("models (Ollama)", {JSON: obj(("models",), models={"type": "array"})})},
         "/api/ps": {"get": op("loaded models (Ollama)", {JSON: obj(("models",), models={"type": "array"})})},
         "/api/version": {"get": op("version", {JSON: obj(("version",), version={"type": "string"})})},

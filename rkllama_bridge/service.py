@@ -28,6 +28,7 @@ from .model_lifecycle import KeepAlive, LoadPlan, ModelLifecycle
 from .params import generation_params
 from .runtimes.base import (
     SAMPLING_FIELDS,
+    EmbeddingsUnsupported,
     GenerationFailed,
     GenerationParams,
     GenerationResult,
@@ -431,6 +432,33 @@ class BridgeService:
         entry.last_used = time.time()
         self._record(name, prompt_ids, params)
         return Generation(self, entry, handle, list(prompt_ids), params, client_gone, received, deadline)
+
+    def embed(self, name: str, texts: Sequence[str], keep_alive: Union[Optional[float], str] = "default",
+              client_gone: ClientGoneCheck = lambda: False) -> Tuple[List[List[float]], int]:
+        """Mean-pooled last-hidden-layer vectors of ``texts`` (one handle, queued like a generation);
+        returns (vectors, prompt tokens). A runtime without hidden states answers 501."""
+        entry = self.lifecycle.use(name, keep_alive)
+        try:
+            stored = entry.stored
+            prompts = [self.encode_text(stored, text) for text in texts]
+            for ids in prompts:
+                if not ids:
+                    raise BadRequest("an input is empty", code="empty_input")
+                if len(ids) > stored.num_ctx:
+                    raise ContextOverflow(f"an input of {len(ids)} tokens exceeds the context of {stored.num_ctx} "
+                                          f"tokens of model {stored.name}")
+            handle = self._acquire(entry, client_gone, ())
+            try:
+                vectors = [handle.embed(ids) for ids in prompts]
+            except EmbeddingsUnsupported as exc:
+                raise BridgeError(f"{exc}: embeddings need the host or sim runtime", status=501,
+                                  code="embeddings_not_supported") from None
+            finally:
+                entry.queue.release(handle)
+        finally:
+            self.lifecycle.done(entry)
+        entry.last_used = time.time()
+        return vectors, sum(len(ids) for ids in prompts)
 
     def _check_prompt(self, stored: StoredModel, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         vocab = stored.tokenizer.vocab_size

@@ -155,6 +155,22 @@ def speed_stats(generation: Generation, usage: dict) -> dict:
             "eval_duration": round(evaluation, 4), "total_duration": round((end or now) - generation.started, 4)}
 
 
+def embed_inputs(body: dict, *fields: str) -> Tuple[str, List[str], object]:
+    """(model, texts, keep_alive) of an embeddings request; the texts are the first of ``fields`` given,
+    a string or a list of strings."""
+    value = next((body[f] for f in fields if body.get(f) is not None), None)
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts) \
+            or len(texts) > 64:
+        raise BadRequest(f"'{fields[0]}' must be a non-empty string or a list of 1 to 64 of them",
+                         code="invalid_input", param=fields[0])
+    svc = service()
+    name = svc.resolve_model(model_field(body, "model"))
+    keep = svc.keep_alive_field(body.get("keep_alive"))
+    svc.load(name, keep)
+    return name, texts, keep
+
+
 def now_iso() -> str:
     t = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"

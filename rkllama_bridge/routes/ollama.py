@@ -21,6 +21,7 @@ from ..params import messages_field, optional_bool, optional_str
 from .common import (
     client_gone_probe,
     collect,
+    embed_inputs,
     json_body,
     model_field,
     ndjson,
@@ -126,6 +127,24 @@ def delete():
         raise BadRequest("'model' is required", code="model_required")
     service().delete_model(name)
     return jsonify({"status": "success"})
+
+
+@bp.post("/api/embed")
+def embed():
+    """Ollama's embeddings: one mean-pooled last-hidden-layer vector per input."""
+    arrived = time.monotonic()
+    name, texts, keep = embed_inputs(json_body(), "input")
+    vectors, count = service().embed(name, texts, keep, client_gone_probe())
+    return jsonify({"model": name, "embeddings": vectors, "prompt_eval_count": count,
+                    "total_duration": int((time.monotonic() - arrived) * 1e9), "load_duration": 0})
+
+
+@bp.post("/api/embeddings")
+def embeddings():
+    """Ollama's older embeddings route: one ``prompt``, one ``embedding``."""
+    name, texts, keep = embed_inputs(json_body(), "prompt")
+    vectors, _ = service().embed(name, texts[:1], keep, client_gone_probe())
+    return jsonify({"embedding": vectors[0]})
 
 
 @bp.post("/api/pull")

@@ -28,6 +28,7 @@ from rk_common.reply_shaping import chat_inputs, prompt_opens_think
 from .common import (
     client_gone_probe,
     collect,
+    embed_inputs,
     json_body,
     model_field,
     report_ignored,
@@ -131,3 +132,12 @@ def completions():
         yield SSE_DONE
 
     return streaming(events(), generation, "text/event-stream")
+
+
+@bp.post("/v1/embeddings")
+def embeddings():
+    """OpenAI's embeddings: one mean-pooled last-hidden-layer vector per input, with the token count."""
+    name, texts, keep = embed_inputs(json_body(), "input")
+    vectors, count = service().embed(name, texts, keep, client_gone_probe())
+    return jsonify({"object": "list", "model": name, "usage": {"prompt_tokens": count, "total_tokens": count},
+                    "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]})

@@ -99,3 +99,19 @@ def test_the_openai_client_completes_chats_with_usage_and_retrieves_a_model(brid
         assert usage.model_extra["tokens_per_second"] > 0  # what rkllama's client prints with --verbose
         model = client.models.retrieve(SIM_MODEL)
         assert model.id == SIM_MODEL and model.owned_by == "rkllama-bridge" and model.created > 0
+
+
+def test_embeddings_through_the_ollama_and_openai_clients(bridge):
+    client = ollama.Client(host=bridge.url)
+    dim = client.show(SIM_MODEL).modelinfo["llama.embedding_length"]
+    both = client.embed(model=SIM_MODEL, input=["a river", "a mountain"]).embeddings
+    assert [len(v) for v in both] == [dim, dim] and both[0] != both[1]
+    assert client.embed(model=SIM_MODEL, input="a river").embeddings[0] == both[0]  # deterministic
+    assert client.embeddings(model=SIM_MODEL, prompt="a river").embedding == both[0]
+    with openai.OpenAI(base_url=bridge.url + "/v1", api_key="unused", max_retries=0, timeout=60) as oa:
+        reply = oa.embeddings.create(model=SIM_MODEL, input=["a river", "a mountain"])
+    for got, expected in zip([d.embedding for d in reply.data], both, strict=True):
+        assert got == pytest.approx(expected)
+    assert reply.usage.prompt_tokens > 0
+    bad = requests.post(bridge.url + "/api/embed", json={"model": SIM_MODEL, "input": []}, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input"
