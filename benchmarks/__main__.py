@@ -7,7 +7,7 @@ import importlib
 import sys
 
 BENCHMARKS = ["bench_bridge", "bench_engine", "bench_sr", "bench_lcm", "bench_pool", "bench_conversation",
-              "bench_hostile", "bench_health"]
+              "bench_hostile", "bench_health", "bench_stock"]
 
 
 def main(argv=None) -> int:

@@ -25,6 +25,7 @@ from exo_rk.compat import InferenceEngine, Shard, ShardDownloader
 from exo_rk.model_cards import IMAGE_MODEL_IDS, ModelCard, load_cards
 from exo_rk.request_state import RequestTable
 from exo_rk.settings import Settings
+from exo_rk.stock_routes import StockServer, stock_server_for
 from exo_rk.streaming import StreamingSession
 from exo_rk.token_cache import CachedReply, messages_from_prompt, plain_messages
 from exo_rk.tokenizer_store import encode_prompt, eos_token_id, load_tokenizer, sync_tokenizer
@@ -69,6 +70,8 @@ class RKLLMInferenceEngine(InferenceEngine):
                                                     idle=self.settings.call_idle_timeout)
         self._conversations: Dict[str, List[Dict[str, Any]]] = {}
         self._max_tokens: Dict[str, int] = {}  # per-request limits exo's API was given (via the hook)
+        self._usage: Dict[str, Dict[str, Any]] = {}  # the server's own counts of requests that ended
+        self._stock: Optional[StockServer] = None
         self._sweeper: Optional[asyncio.Task] = None
         self._image_engine: Any = None
         self.exo_temperature: Optional[float] = None
@@ -164,12 +167,17 @@ class RKLLMInferenceEngine(InferenceEngine):
     async def _load(self, model_id: str) -> _LoadedModel:
         card = self.card_for(model_id)
         native = await self._wants_native()
-        try:
-            info = await self.backend.ensure_model(card.bridge_model)
-        except errors.ModelNotFound:
-            if native:
-                raise
-            info = ModelInfo(id=card.bridge_model)  # a stock rkllama has no model info route
+        stock = None if native else self.stock_server()
+        if stock is not None:
+            await stock.ensure_model(card.bridge_model)
+            info = await self._stock_info(card.bridge_model)
+        else:
+            try:
+                info = await self.backend.ensure_model(card.bridge_model)
+            except errors.ModelNotFound:
+                if native:
+                    raise
+                info = ModelInfo(id=card.bridge_model)  # a stock rkllama has no model info route
         local = await sync_tokenizer(
             self.backend, card.bridge_model, card.hf_repo, self.settings.downloads_dir
         )
@@ -183,6 +191,19 @@ class RKLLMInferenceEngine(InferenceEngine):
             eos_token_id(tokenizer),
         )
         return _LoadedModel(card, info, tokenizer, native)
+
+    def stock_server(self) -> Optional[StockServer]:
+        """The one-shot protocol ladder over the backend when it is one server (None for a pool)."""
+        if self._stock is None:
+            self._stock = stock_server_for(self.backend, self.settings)
+        return self._stock
+
+    async def _stock_info(self, model: str) -> ModelInfo:
+        """A bridge in one-shot mode still describes its model; a stock rkllama does not."""
+        try:
+            return await self.backend.model_info(model)
+        except errors.BridgeError:
+            return ModelInfo(id=model)
 
     async def _wants_native(self) -> bool:
         if self.settings.mode == "stream":
@@ -217,6 +238,10 @@ class RKLLMInferenceEngine(InferenceEngine):
         if token is None:
             end = getattr(gen, "end", None)
             self._requests.finish(request_id, end.finish_reason if end is not None else gen.ended_by)
+            if end is not None and end.usage:
+                self._usage[request_id] = dict(end.usage)
+                while len(self._usage) > self.settings.max_requests:
+                    self._usage.pop(next(iter(self._usage)))
             self._conversations.pop(request_id, None)
             token = loaded.eos
         elif gen.limit is not None and gen.tokens_served >= gen.limit:
@@ -258,8 +283,9 @@ class RKLLMInferenceEngine(InferenceEngine):
         return limit if limit <= default and n_prompt + limit <= num_ctx else None
 
     async def _start_oneshot(self, request_id: str, loaded: _LoadedModel, ids: List[int],
-                             messages: Optional[List[Any]], params: GenerationParams) -> CachedReply:
-        """Token caching: the message list to ``/generate`` once, the reply re-tokenized and cached."""
+                             messages: Optional[List[Any]], params: GenerationParams) -> Any:
+        """The message list to the stock server's best route (``exo_rk.stock_routes``): streamed when it
+        streams; for a pool, ``/generate`` once, the reply re-tokenized and cached."""
         source = "caller"
         if not messages:
             source = "prompt"
@@ -270,8 +296,21 @@ class RKLLMInferenceEngine(InferenceEngine):
                 f"format this engine can read back; use a bridge with the native stream")
         log.debug("request %s: %d messages (from the %s) to %s /generate", request_id, len(messages), source,
                   loaded.card.bridge_model)
+        stock = self.stock_server()
+        if stock is not None:
+            tokenizer = loaded.tokenizer
+            events = stock.stream(loaded.card.bridge_model, plain_messages(messages), params,
+                                  lambda text: encode_prompt(tokenizer, text), request_id)
+            return StreamingSession(request_id, events, first_token_timeout=self.settings.first_token_timeout,
+                                    token_timeout=self.settings.token_timeout)
         reply = await self.backend.generate_oneshot(loaded.card.bridge_model, plain_messages(messages), params)
+        if reply.usage:
+            self._usage[request_id] = {**reply.usage}
         return CachedReply(request_id, encode_prompt(loaded.tokenizer, reply.content))
+
+    def server_usage(self, request_id: str) -> Optional[Dict[str, Any]]:
+        """The token counts the server reported for a request that ended (None when it sent none)."""
+        return self._usage.get(request_id)
 
     def _params(self, state: dict, bridge_limit: Optional[int] = None) -> GenerationParams:
         given = dict(state.get(STATE_PARAMS) or {})
@@ -297,7 +336,8 @@ class RKLLMInferenceEngine(InferenceEngine):
 
     async def discover_models(self) -> List[str]:
         """Add a card for every bridge model that has none (id = bridge name); returns the servable ids."""
-        names = await self.backend.list_models()
+        stock = None if await self._wants_native() else self.stock_server()
+        names = (await stock.discover()).models if stock is not None else await self.backend.list_models()
         for name in names:
             if name not in self.cards and not any(c.bridge_model == name for c in self.cards.values()):
                 try:
@@ -307,6 +347,11 @@ class RKLLMInferenceEngine(InferenceEngine):
                 self.cards[name] = ModelCard(name, name, info.hf_repo or f"exo-rk/{name}", 1, name)
         available = set(names)
         return [mid for mid, card in self.cards.items() if card.bridge_model in available]
+
+    def is_native(self, model_id: str) -> bool:
+        """True when the model is served through the native token stream (not a one-shot server)."""
+        loaded = self._models.get(model_id)
+        return loaded is None or loaded.native
 
     def loaded_info(self, model_id: str) -> Optional[ModelInfo]:
         """What the bridge said about a model this engine loaded (None before ``ensure_shard``)."""
@@ -336,6 +381,7 @@ class RKLLMInferenceEngine(InferenceEngine):
         self._requests.clear()
         self._conversations.clear()
         self._max_tokens.clear()
+        self._usage.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._backend is not None:

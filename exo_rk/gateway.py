@@ -36,7 +36,15 @@ from exo_rk.tokenizer_store import encode_prompt
 from rk_common import aiohttp_http
 from rk_common.auth import bearer_auth
 from rk_common.errors import ApiError
-from rk_common.openai_chat import SSE_DONE, ChatReply, ChatRequest, parse_chat_request, sse
+from rk_common.openai_chat import (
+    SSE_DONE,
+    ChatReply,
+    ChatRequest,
+    TextCompletionReply,
+    parse_chat_request,
+    parse_completion_request,
+    sse,
+)
 from rk_common.reply_shaping import chat_inputs, prompt_opens_think
 
 log = logging.getLogger(__name__)
@@ -128,33 +136,92 @@ class Completion:
         if self.request_id in self.engine.request_ids():
             self.engine.abort(self.request_id)
 
-    def usage(self) -> Dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
+    def usage(self) -> Dict[str, Any]:
+        """The counts of this side; a stock server's own counts win over them (the reply was re-tokenized
+        here, which is only an estimate of what the server generated), and re-tokenized counts of a stock
+        server that reported none are marked ``estimated``."""
+        prompt, completion = self.prompt_tokens, self.completion_tokens
+        server = self.engine.server_usage(self.request_id) or {}
+        stock = not self.engine.is_native(self.model)
+        prompt = int(server.get("prompt_tokens", prompt)) if stock else prompt
+        completion = int(server.get("completion_tokens", completion)) if stock else completion
+        usage: Dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                                 "total_tokens": prompt + completion}
+        if stock and "completion_tokens" not in server:
+            usage["estimated"] = True
+        if "tokens_per_second" in server:
+            usage["tokens_per_second"] = server["tokens_per_second"]
+        return usage
 
     def failure(self) -> ApiError:
         return ApiError(f"the bridge failed after {self.completion_tokens} tokens; the reply is incomplete "
                         f"(request id {self.request_id})", status=502, code="bridge_failed")
 
 
-async def handle_chat(request: web.Request) -> web.StreamResponse:
+class TextCompletion(Completion):
+    """A ``/v1/completions`` request: the prompt goes to the model untemplated (a one-shot server, which
+    takes messages only, gets it as one user turn)."""
+
+    def __init__(self, engine: RKLLMInferenceEngine, req: ChatRequest, model: str, prompt: str, *,
+                 request_id: str):
+        super().__init__(engine, req, model, request_id=request_id)
+        self.raw_prompt = prompt
+
+    def _prompt(self, tokenizer: Any) -> Tuple[List[Dict[str, Any]], str, List[int]]:
+        return [{"role": "user", "content": self.raw_prompt}], self.raw_prompt, encode_prompt(tokenizer,
+                                                                                            self.raw_prompt)
+
+
+async def _started(request: web.Request, req: ChatRequest, make) -> Completion:
     engine = request.app[ENGINE_KEY]
-    req = parse_chat_request(await read_json(request))
     check_prompt_chars(req, engine.settings.max_prompt_chars)
     model = req.model or request.app[DEFAULT_MODEL_KEY]
     rid = request_id(request)
     try:
         if model not in engine.cards:
             await engine.discover_models()  # a bridge model without a card gets one
-        completion = Completion(engine, req, model, request_id=rid)
+        completion = make(engine, model, rid)
         await completion.start(request.app)
     except errors.UnknownModel as exc:
         raise ApiError(str(exc), status=404, code="model_not_found") from None
     except errors.BridgeError as exc:
         raise bridge_error(exc, rid) from None
+    return completion
+
+
+async def handle_completions(request: web.Request) -> web.StreamResponse:
+    """OpenAI's legacy ``/v1/completions``: the prompt as it is, the text back whole or as SSE chunks."""
+    prompt, req = parse_completion_request(await read_json(request))
+    completion = await _started(request, req, lambda engine, model, rid: TextCompletion(
+        engine, req, model, prompt, request_id=rid))
+    reply = TextCompletionReply(completion.model, completion_id=f"cmpl-{completion.request_id}")
+    if not req.stream:
+        text = "".join([delta async for delta in completion.deltas()])
+        if completion.finish_reason == "error":
+            raise completion.failure()
+        return web.json_response(reply.completion(text, completion.finish_reason, completion.usage()))
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    deltas = completion.deltas()
+    try:
+        async for delta in deltas:
+            await response.write(sse(reply.chunk(delta)))
+        error = completion.failure().to_json()["error"] if completion.finish_reason == "error" else None
+        for item in reply.finish(completion.finish_reason, completion.usage(), req.include_usage, error):
+            await response.write(sse(item))
+        await response.write(SSE_DONE)
+    except ConnectionResetError:
+        log.info("client left request %s; generation aborted", completion.request_id)
+    finally:
+        await deltas.aclose()
+    return response
+
+
+async def handle_chat(request: web.Request) -> web.StreamResponse:
+    req = parse_chat_request(await read_json(request))
+    completion = await _started(request, req, lambda engine, model, rid: Completion(
+        engine, req, model, request_id=rid))
+    model = completion.model
     reply = ChatReply(model, tools=bool(req.tools), opened=completion.opened, include_usage=req.include_usage,
                       completion_id=f"chatcmpl-{completion.request_id}")
     if not req.stream:
@@ -252,6 +319,7 @@ def create_app(
     app[DEFAULT_MODEL_KEY] = default_model
     app.router.add_post("/v1/chat/completions", handle_chat)
     app.router.add_post("/chat/completions", handle_chat)
+    app.router.add_post("/v1/completions", handle_completions)
     app.router.add_get("/v1/models", handle_models)
     app.router.add_post("/v1/images/generations", handle_image_generations)
     app.router.add_get("/health", handle_health)

@@ -31,6 +31,10 @@ def build_spec() -> Dict[str, Any]:
     paths: Dict[str, Dict[str, Any]] = {
         "/v1/chat/completions": {"post": chat},
         "/chat/completions": {"post": {**chat, "summary": "alias of /v1/chat/completions"}},
+        "/v1/completions": {"post": op("text completion (OpenAI legacy), the prompt untemplated; SSE ending in "
+                                       "'data: [DONE]' when stream is true",
+                                       {JSON: obj(("id", "object", "choices")), "text/event-stream": {}},
+                                       openai_chat.COMPLETIONS_SCHEMA, error=OPENAI_ERROR)},
         "/v1/models": {"get": op("the bridges' models", {JSON: obj(("object", "data"), data={
             "type": "array", "items": obj(("id",))})}, error=OPENAI_ERROR)},
         "/v1/images/generations": {"post": op(

@@ -18,6 +18,8 @@ from typing import Mapping, Optional, Tuple
 from rk_common.settings import Program, SettingsError, setting
 
 MODES = ("auto", "stream", "oneshot")
+MERGE_MODES = ("auto", "always", "never")
+STOCK_ROUTES = ("openai", "ollama", "generate", "oneshot")  # exo_rk.stock_routes, best first
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"  # the embedded default model of the bridge (a card of its own)
 
 
@@ -47,6 +49,15 @@ def read_servers_file(path: Path) -> Tuple[str, ...]:
     return servers
 
 
+def parse_routes(text: str) -> Tuple[str, ...]:
+    """``"openai, generate"`` → ``("openai", "generate")``; unknown names raise ValueError."""
+    routes = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    unknown = [r for r in routes if r not in STOCK_ROUTES]
+    if unknown or not routes:
+        raise ValueError(f"stock routes must be some of {', '.join(STOCK_ROUTES)}, got {text!r}")
+    return routes
+
+
 def _lower(text: str) -> str:
     return text.strip().lower()
 
@@ -68,6 +79,20 @@ class Settings:
                                                                                        "RKLLAMA_BRIDGE_TOKEN"))
     mode: str = setting("auto", "auto (native stream when the bridge has it, else one-shot), stream or oneshot",
                         aliases=("RKLLM_MODE",), choices=MODES, parse=_lower)
+    stock_routes: Tuple[str, ...] = setting(STOCK_ROUTES, "one-shot mode: the "
+                                            "routes tried on a stock rkllama, best first (openai = /v1/chat/"
+                                            "completions stream, ollama = /api/chat stream, generate = /generate "
+                                            "stream, oneshot = /generate answered whole and cached)",
+                                            aliases=("RKLLM_STOCK_ROUTES",), parse=parse_routes,
+                                            why="streaming routes keep the server's time to first token; the "
+                                                "cached one-shot answer is the last resort")
+    stock_unload_other: bool = setting(False, "one-shot mode: unload a different model loaded on a stock "
+                                       "rkllama that serves one model at a time (else that is an error)",
+                                       aliases=("RKLLM_STOCK_UNLOAD_OTHER",),
+                                       why="the model may be another user's: unloading it is the operator's call")
+    merge_system: str = setting("auto", "one-shot mode: merge system messages into the first user turn: auto "
+                                "(when the server refuses them), always or never", aliases=("RKLLM_MERGE_SYSTEM",),
+                                choices=MERGE_MODES, parse=_lower)
     connect_timeout: float = setting(5.0, "seconds to open a connection to a bridge",
                                      aliases=("RKLLM_CONNECT_TIMEOUT",), positive=True,
                                      why="a LAN connect takes milliseconds: a dead board is found fast, and "

@@ -122,11 +122,65 @@ def parse_chat_request(body: Any) -> ChatRequest:
         tools=tuple(validate_tools(body.get("tools"), body.get("tool_choice"))))
 
 
+def parse_completion_request(body: Any) -> Tuple[str, ChatRequest]:
+    """A ``/v1/completions`` body: (the prompt, the other fields checked as a chat request's)."""
+    body = require_object(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise BadRequest("'prompt' must be a non-empty string (or a list of one)", code="invalid_prompt",
+                         param="prompt")
+    rest = {k: v for k, v in body.items() if k not in ("prompt", "tools", "tool_choice")}
+    return prompt, parse_chat_request({**rest, "messages": [{"role": "user", "content": prompt}]})
+
+
+class TextCompletionReply:
+    """The answer of ``/v1/completions`` (``object: text_completion``), whole or as chunks."""
+
+    def __init__(self, model: str, completion_id: Optional[str] = None):
+        self.model = model
+        self.id = completion_id or f"cmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+
+    def _envelope(self, choices: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": choices}
+
+    def completion(self, text: str, ended: Optional[str], usage: Mapping[str, Any]) -> Dict[str, Any]:
+        return {**self._envelope([{"index": 0, "text": text, "logprobs": None,
+                                   "finish_reason": finish_reason(ended)}]), "usage": openai_usage(usage)}
+
+    def chunk(self, text: str) -> Dict[str, Any]:
+        return self._envelope([{"index": 0, "text": text, "logprobs": None, "finish_reason": None}])
+
+    def finish(self, ended: Optional[str], usage: Mapping[str, Any], include_usage: bool,
+               error: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
+        out: List[Dict[str, Any]] = [{"error": dict(error)}] if error is not None else []
+        out.append(self._envelope([{"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason(ended)}]))
+        if include_usage:
+            out.append({**self._envelope([]), "usage": openai_usage(usage)})
+        return out
+
+
+COMPLETIONS_SCHEMA = openapi.obj(("prompt",), model={"type": "string"}, prompt={"anyOf": [
+    {"type": "string", "minLength": 1}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}]},
+    stream={"type": "boolean"}, stop={"anyOf": [{"type": "string", "minLength": 1}, {
+        "type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": MAX_STOP}]},
+    stream_options=openapi.obj(include_usage={"type": "boolean"}))
+
+
+SPEED_FIELDS = ("tokens_per_second", "prompt_eval_duration", "eval_duration", "total_duration")
+
+
 def openai_usage(usage: Mapping[str, Any]) -> Dict[str, Any]:
     """OpenAI's usage object; cached prompt tokens (prefix reuse) go to ``prompt_tokens_details``."""
     out: Dict[str, Any] = {k: int(usage.get(k, 0)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
     if usage.get("cached_tokens"):
         out["prompt_tokens_details"] = {"cached_tokens": int(usage["cached_tokens"])}
+    for key in SPEED_FIELDS:  # rkllama's own usage fields, which its clients print
+        if key in usage:
+            out[key] = float(usage[key])
     return out
 
 

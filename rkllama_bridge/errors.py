@@ -8,7 +8,7 @@ from rk_common.errors import ApiError as BridgeError
 from rk_common.errors import BadRequest, TooManyRequests, Unauthorized
 
 __all__ = ["BridgeError", "BadRequest", "Unauthorized", "ModelNotFound", "QueueFull", "ContextOverflow",
-           "ClientGone", "ModelUnavailable"]
+           "ClientGone", "ModelUnavailable", "PullUnsupported"]
 
 
 class ModelNotFound(BridgeError):
@@ -34,3 +34,15 @@ class ClientGone(BridgeError):
 class ModelUnavailable(BridgeError):
     status = 503
     code = "model_unavailable"
+
+
+class PullUnsupported(BridgeError):
+    """``/api/pull`` and ``/pull``: the bridge never downloads (boards are often offline)."""
+
+    status = 501
+    code = "pull_not_supported"
+
+    def __init__(self, message: str = ""):
+        super().__init__(message or "this bridge does not download models: copy the model's directory (its .rkllm "
+                         "file, tokenizer files and a Modelfile with FROM and HUGGINGFACE_PATH) into the models "
+                         "directory (--models), then list it with /api/tags; 'rkllama-bridge doctor' checks it")

@@ -12,7 +12,7 @@ from typing import Any, Dict
 from flask import Blueprint, current_app, jsonify
 
 from rk_common import openai_chat
-from rk_common.openapi import ANY_OBJECT, JSON, NDJSON, auth_description, document, obj, op
+from rk_common.openapi import ANY_OBJECT, JSON, NDJSON, OPENAI_ERROR, SSE, auth_description, document, obj, op
 
 from . import __version__
 from .params import SAMPLING as SAMPLING_SPECS
@@ -27,6 +27,8 @@ INTEGER = {"type": "integer"}
 MESSAGES = {"type": "array", "minItems": 1, "items": openai_chat.MESSAGE}
 STOP = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 16}]}
 SAMPLING = {name: spec.schema() for name, spec in SAMPLING_SPECS.items()}
+EMBED_INPUT = {"anyOf": [{"type": "string", "minLength": 1},
+                         {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 64}]}
 OLLAMA_OPTIONS = obj(num_predict=INTEGER, stop=STOP, **SAMPLING)
 
 
@@ -50,6 +52,38 @@ def _paths() -> Dict[str, Dict[str, Any]]:
                                   obj(("messages",), model=MODEL_NAME, messages=MESSAGES,
                                        stream={"type": "boolean"}, max_new_tokens=INTEGER,
                                        temperature=SAMPLING["temperature"], seed=SAMPLING["seed"]))},
+        "/current_models": {"get": op("loaded models (rkllama; the same entries as /api/ps)",
+                                       {JSON: obj(("models",), models={"type": "array"})})},
+        "/unload_models": {"post": op("unload every model", {JSON: message})},
+        "/rm": {"delete": op("delete a model from the store (rkllama); unloaded first", {JSON: message},
+                             obj(("model",), model=MODEL_NAME))},
+        "/pull": {"post": op("not supported: answers 501 saying how to add a model offline", {JSON: ANY_OBJECT},
+                             ANY_OBJECT, body_optional=True)},
+        "/api/show": {"post": op("a model's Modelfile, parameters, template and model_info (Ollama)",
+                                 {JSON: obj(("modelfile", "details", "model_info"))},
+                                 obj(model=MODEL_NAME, name=MODEL_NAME))},
+        "/api/delete": {"delete": op("delete a model from the store (Ollama)",
+                                     {JSON: obj(("status",), status={"type": "string"})},
+                                     obj(model=MODEL_NAME, name=MODEL_NAME))},
+        "/api/pull": {"post": op("not supported: answers 501 saying how to add a model offline",
+                                 {JSON: ANY_OBJECT}, ANY_OBJECT, body_optional=True)},
+        "/v1/completions": {"post": op("text completion (OpenAI legacy); SSE ending in 'data: [DONE]' when "
+                                       "stream is true", {JSON: obj(("id", "object", "choices")), SSE: {}},
+                                       obj(("prompt",), model=MODEL_NAME, prompt={"anyOf": [
+                                           {"type": "string", "minLength": 1},
+                                           {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                                            "maxItems": 1}]}, stream={"type": "boolean"},
+                                           max_tokens=INTEGER, stop=STOP,
+                                           stream_options=obj(include_usage={"type": "boolean"}),
+                                           **SAMPLING), error=OPENAI_ERROR)},
+        "/api/embed": {"post": op("embeddings (Ollama): mean-pooled last hidden layer, one vector per input",
+                                  {JSON: obj(("embeddings",), embeddings={"type": "array"})},
+                                  obj(("input",), model=MODEL_NAME, input=EMBED_INPUT))},
+        "/api/embeddings": {"post": op("embedding of one prompt (Ollama's older route)",
+                                       {JSON: obj(("embedding",), embedding={"type": "array"})},
+                                       obj(("prompt",), model=MODEL_NAME, prompt={"type": "string", "minLength": 1}))},
+        "/v1/embeddings": {"post": op("embeddings (OpenAI)", {JSON: obj(("object", "data"), data={"type": "array"})},
+                                      obj(("input",), model=MODEL_NAME, input=EMBED_INPUT), error=OPENAI_ERROR)},
         "/api/tags": {"get": op("models (Ollama)", {JSON: obj(("models",), models={"type": "array"})})},
         "/api/ps": {"get": op("loaded models (Ollama)", {JSON: obj(("models",), models={"type": "array"})})},
         "/api/version": {"get": op("version", {JSON: obj(("version",), version={"type": "string"})})},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from .model_lifecycle import KeepAlive, LoadPlan, ModelLifecycle
 from .params import generation_params
 from .runtimes.base import (
     SAMPLING_FIELDS,
+    EmbeddingsUnsupported,
     GenerationFailed,
     GenerationParams,
     GenerationResult,
@@ -197,6 +199,14 @@ class BridgeService:
         self._reaper_wake.set()
         for name in self.lifecycle.names():
             self.unload(name, timeout=5.0)
+
+    def delete_model(self, name: str) -> None:
+        """Remove ``name``'s directory from the store, unloading it first; ``ModelNotFound`` if absent."""
+        stored = self.store.get(name)
+        if any(e.name == stored.name for e in self.loaded()):
+            self.unload(stored.name)
+        shutil.rmtree(stored.directory)
+        log.info("model %s deleted from %s", stored.name, self.store.root)
 
     def loaded(self) -> List[LoadedModel]:
         return self.lifecycle.loaded()
@@ -422,6 +432,33 @@ class BridgeService:
         entry.last_used = time.time()
         self._record(name, prompt_ids, params)
         return Generation(self, entry, handle, list(prompt_ids), params, client_gone, received, deadline)
+
+    def embed(self, name: str, texts: Sequence[str], keep_alive: Union[Optional[float], str] = "default",
+              client_gone: ClientGoneCheck = lambda: False) -> Tuple[List[List[float]], int]:
+        """Mean-pooled last-hidden-layer vectors of ``texts`` (one handle, queued like a generation);
+        returns (vectors, prompt tokens). A runtime without hidden states answers 501."""
+        entry = self.lifecycle.use(name, keep_alive)
+        try:
+            stored = entry.stored
+            prompts = [self.encode_text(stored, text) for text in texts]
+            for ids in prompts:
+                if not ids:
+                    raise BadRequest("an input is empty", code="empty_input")
+                if len(ids) > stored.num_ctx:
+                    raise ContextOverflow(f"an input of {len(ids)} tokens exceeds the context of {stored.num_ctx} "
+                                          f"tokens of model {stored.name}")
+            handle = self._acquire(entry, client_gone, ())
+            try:
+                vectors = [handle.embed(ids) for ids in prompts]
+            except EmbeddingsUnsupported as exc:
+                raise BridgeError(f"{exc}: embeddings need the host or sim runtime", status=501,
+                                  code="embeddings_not_supported") from None
+            finally:
+                entry.queue.release(handle)
+        finally:
+            self.lifecycle.done(entry)
+        entry.last_used = time.time()
+        return vectors, sum(len(ids) for ids in prompts)
 
     def _check_prompt(self, stored: StoredModel, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         vocab = stored.tokenizer.vocab_size

@@ -141,6 +141,36 @@ def text_pieces(generation: Generation, stops: Sequence[str] = ()) -> Iterator[P
             return
 
 
+def speed_stats(generation: Generation, usage: dict) -> dict:
+    """``usage`` with the figures rkllama's clients print: ``tokens_per_second`` (generated tokens over
+    first-to-last token time) and the durations in seconds (``prompt_eval_duration`` from arrival to the
+    first token, ``eval_duration``, ``total_duration``)."""
+    first, last, end = generation.token_times
+    now = time.monotonic()
+    n = int(usage.get("completion_tokens") or len(generation.completion_ids))
+    evaluation = 0.0 if first is None else max((last if last is not None and last > first else end or now) - first,
+                                               1e-9)
+    return {**usage, "tokens_per_second": round(n / evaluation, 2) if evaluation else 0.0,
+            "prompt_eval_duration": round((first - generation.started) if first is not None else 0.0, 4),
+            "eval_duration": round(evaluation, 4), "total_duration": round((end or now) - generation.started, 4)}
+
+
+def embed_inputs(body: dict, *fields: str) -> Tuple[str, List[str], object]:
+    """(model, texts, keep_alive) of an embeddings request; the texts are the first of ``fields`` given,
+    a string or a list of strings."""
+    value = next((body[f] for f in fields if body.get(f) is not None), None)
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts) \
+            or len(texts) > 64:
+        raise BadRequest(f"'{fields[0]}' must be a non-empty string or a list of 1 to 64 of them",
+                         code="invalid_input", param=fields[0])
+    svc = service()
+    name = svc.resolve_model(model_field(body, "model"))
+    keep = svc.keep_alive_field(body.get("keep_alive"))
+    svc.load(name, keep)
+    return name, texts, keep
+
+
 def now_iso() -> str:
     t = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"

@@ -112,7 +112,9 @@ def model_info(name: str):
     stored = _stored(name)
     mf = stored.modelfile
     return jsonify({
-        "id": stored.name, "object": "model", "num_ctx": stored.num_ctx, "hf_repo": stored.hf_repo,
+        "id": stored.name, "object": "model", "owned_by": "rkllama-bridge",
+        "created": int((stored.directory / "Modelfile").stat().st_mtime), "num_ctx": stored.num_ctx,
+        "hf_repo": stored.hf_repo,
         "eos_token_ids": stored.tokenizer.eos_token_ids, "vocab_size": stored.tokenizer.vocab_size,
         "system": stored.system_prompt,
         "defaults": {"temperature": mf.get("TEMPERATURE"), "top_k": mf.get("TOP_K"), "top_p": mf.get("TOP_P"),

@@ -16,11 +16,12 @@ from flask import Blueprint, jsonify
 from rk_common.reply_shaping import REASONING, ReplyStream, shape_reply
 from rk_common.tool_calls import validate_tools
 
-from ..errors import BadRequest
+from ..errors import BadRequest, PullUnsupported
 from ..params import messages_field, optional_bool, optional_str
 from .common import (
     client_gone_probe,
     collect,
+    embed_inputs,
     json_body,
     model_field,
     ndjson,
@@ -55,20 +56,100 @@ def tags():
 
 
 @bp.get("/api/ps")
+@bp.get("/current_models")
 def ps():
+    """Loaded models with the fields ``ollama ps`` (name, digest, size, size_vram, expires_at,
+    context_length) and ``rkllama ps`` (details, loaded_at, last_call, expires_at) print."""
     out = []
     for entry in service().loaded():
         item = _model_entry(entry.name)
         expires = entry.expires_at
         item.update({"size_vram": int(entry.memory_mb * 2**20), "instances": len(entry.queue.handles),
                      "loaded_at": _iso(entry.loaded_at), "expires_at": None if expires is None else _iso(expires),
-                     "keep_alive": "forever" if entry.keep_alive_s is None else f"{entry.keep_alive_s:g}s"})
+                     "keep_alive": "forever" if entry.keep_alive_s is None else f"{entry.keep_alive_s:g}s",
+                     "last_call": _iso(getattr(entry, "last_used", None) or entry.loaded_at),
+                     "context_length": service().store.get(entry.name).num_ctx})
         out.append(item)
     return jsonify({"models": out})
 
 
 def _iso(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat()
+
+
+def _hf_config(stored) -> dict:
+    """The model's Hugging Face ``config.json`` when the store has one (its directory or ``FROM``'s)."""
+    for candidate in (stored.directory / "config.json", stored.directory / str(stored.modelfile.get("FROM")) /
+                      "config.json", stored.directory / "hf" / "config.json"):
+        if candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text(encoding="utf-8"))
+            except ValueError:
+                return {}
+            return data if isinstance(data, dict) else {}
+    return {}
+
+
+@bp.post("/api/show")
+def show():
+    """Ollama's model description: Modelfile, parameters, template, details and ``model_info`` with the
+    context and embedding lengths (the hidden size the embedding routes return)."""
+    body = json_body()
+    svc = service()
+    name = model_field(body, "model", "name")
+    if not name:
+        raise BadRequest("'model' is required", code="model_required")
+    stored = svc.store.get(name)
+    mf = stored.modelfile
+    config = _hf_config(stored)
+    arch = str(config.get("model_type") or "rkllm")
+    info = {"general.architecture": arch, f"{arch}.context_length": stored.num_ctx}
+    if config.get("hidden_size"):
+        info[f"{arch}.embedding_length"] = int(config["hidden_size"])
+    params = {"temperature": mf.get("TEMPERATURE"), "top_k": mf.get("TOP_K"), "top_p": mf.get("TOP_P"),
+              "repeat_penalty": mf.get("REPEAT_PENALTY"), "num_predict": mf.get("MAX_NEW_TOKENS"),
+              "num_ctx": stored.num_ctx}
+    modelfile = (stored.directory / "Modelfile").read_text(encoding="utf-8", errors="replace")
+    entry = _model_entry(stored.name)
+    return jsonify({"modelfile": modelfile, "template": stored.tokenizer.chat_template or "",
+                    "parameters": "\n".join(f"{k} {v}" for k, v in params.items() if v is not None),
+                    "system": stored.system_prompt, "details": entry["details"], "model_info": info,
+                    "modified_at": entry["modified_at"], "size": entry["size"], "name": stored.name,
+                    "capabilities": ["completion"], "huggingface": {"repo_id": stored.hf_repo}})
+
+
+@bp.delete("/api/delete")
+def delete():
+    """Ollama's removal: 200 (Ollama's body is empty, its clients read only the status), 404 for an unknown
+    model. The client asks for the confirmation; the server deletes at once."""
+    name = model_field(json_body(), "model", "name")
+    if not name:
+        raise BadRequest("'model' is required", code="model_required")
+    service().delete_model(name)
+    return jsonify({"status": "success"})
+
+
+@bp.post("/api/embed")
+def embed():
+    """Ollama's embeddings: one mean-pooled last-hidden-layer vector per input."""
+    arrived = time.monotonic()
+    name, texts, keep = embed_inputs(json_body(), "input")
+    vectors, count = service().embed(name, texts, keep, client_gone_probe())
+    return jsonify({"model": name, "embeddings": vectors, "prompt_eval_count": count,
+                    "total_duration": int((time.monotonic() - arrived) * 1e9), "load_duration": 0})
+
+
+@bp.post("/api/embeddings")
+def embeddings():
+    """Ollama's older embeddings route: one ``prompt``, one ``embedding``."""
+    name, texts, keep = embed_inputs(json_body(), "prompt")
+    vectors, _ = service().embed(name, texts[:1], keep, client_gone_probe())
+    return jsonify({"embedding": vectors[0]})
+
+
+@bp.post("/api/pull")
+def pull():
+    raise PullUnsupported()
 
 
 @bp.get("/api/version")

@@ -14,16 +14,26 @@ import time
 
 from flask import Blueprint, jsonify
 
-from rk_common.openai_chat import SSE_DONE, ChatReply, ChatRequest, parse_chat_request, sse
+from rk_common.openai_chat import (
+    SSE_DONE,
+    ChatReply,
+    ChatRequest,
+    TextCompletionReply,
+    parse_chat_request,
+    parse_completion_request,
+    sse,
+)
 from rk_common.reply_shaping import chat_inputs, prompt_opens_think
 
 from .common import (
     client_gone_probe,
     collect,
+    embed_inputs,
     json_body,
     model_field,
     report_ignored,
     service,
+    speed_stats,
     streaming,
     text_pieces,
 )
@@ -70,7 +80,7 @@ def chat_completions():
     pieces = text_pieces(generation, req.stop)
     if not req.stream:
         text, done = collect(pieces)
-        out = reply.completion(text, done.finish_reason, done.usage)
+        out = reply.completion(text, done.finish_reason, speed_stats(generation, done.usage))
         if generation.dropped_messages:
             out["truncated_messages"] = generation.dropped_messages
         return jsonify(out)
@@ -82,8 +92,52 @@ def chat_completions():
                 yield sse(item)
             if piece.done:
                 error = piece.done.error if piece.done.finish_reason == "error" else None
-                for item in reply.finish(piece.done.finish_reason, piece.done.usage, error):
+                usage = speed_stats(generation, piece.done.usage)
+                for item in reply.finish(piece.done.finish_reason, usage, error):
                     yield sse(item)
         yield SSE_DONE
 
     return streaming(events(), generation, "text/event-stream")
+
+
+@bp.post("/v1/completions")
+def completions():
+    """OpenAI's legacy text completion: the prompt goes to the model as it is (no chat template)."""
+    body = json_body()
+    prompt, req = parse_completion_request(body)
+    svc = service()
+    fields = chat_fields(req, body)
+    report_ignored(fields)
+    name = svc.resolve_model(model_field(body, "model"))
+    keep = svc.keep_alive_field(body.get("keep_alive"))
+    stored = svc.load(name, keep).stored
+    ids = svc.encode_text(stored, prompt)
+    generation = svc.start(name, ids, svc.params_for(stored, fields, len(ids)), client_gone_probe(),
+                           keep_alive=keep)
+    reply = TextCompletionReply(stored.name)
+    pieces = text_pieces(generation, req.stop)
+    if not req.stream:
+        text, done = collect(pieces)
+        return jsonify(reply.completion(text, done.finish_reason, speed_stats(generation, done.usage)))
+
+    def events():
+        for piece in pieces:
+            if piece.text:
+                yield sse(reply.chunk(piece.text))
+            if piece.done:
+                error = piece.done.error if piece.done.finish_reason == "error" else None
+                for item in reply.finish(piece.done.finish_reason, speed_stats(generation, piece.done.usage),
+                                         req.include_usage, error):
+                    yield sse(item)
+        yield SSE_DONE
+
+    return streaming(events(), generation, "text/event-stream")
+
+
+@bp.post("/v1/embeddings")
+def embeddings():
+    """OpenAI's embeddings: one mean-pooled last-hidden-layer vector per input, with the token count."""
+    name, texts, keep = embed_inputs(json_body(), "input")
+    vectors, count = service().embed(name, texts, keep, client_gone_probe())
+    return jsonify({"object": "list", "model": name, "usage": {"prompt_tokens": count, "total_tokens": count},
+                    "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]})

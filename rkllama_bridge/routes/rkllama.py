@@ -7,9 +7,9 @@ import time
 
 from flask import Blueprint, jsonify, request
 
-from ..errors import BadRequest, ModelNotFound
+from ..errors import BadRequest, ModelNotFound, PullUnsupported
 from ..params import messages_field, optional_bool
-from .common import collect, json_body, model_field, service, start_chat, streaming, text_pieces
+from .common import collect, json_body, model_field, service, speed_stats, start_chat, streaming, text_pieces
 
 bp = Blueprint("rkllama", __name__)
 
@@ -49,6 +49,31 @@ def unload_model():
     return jsonify({"message": f"Model {name} successfully unloaded!"})
 
 
+@bp.post("/unload_models")
+def unload_models():
+    svc = service()
+    names = [e.name for e in svc.loaded()]
+    for name in names:
+        svc.unload(name)
+    return jsonify({"message": "Models successfully unloaded!", "unloaded": names})
+
+
+@bp.delete("/rm")
+def remove_model():
+    """rkllama's removal: the model's directory leaves the store (unloaded first). The client asks for the
+    confirmation; the server deletes at once."""
+    name = model_field(json_body(), "model", "name")
+    if not name:
+        raise BadRequest("Please specify a model.", code="model_required")
+    service().delete_model(name)
+    return jsonify({"message": "The model has been successfully deleted!"})
+
+
+@bp.post("/pull")
+def pull():
+    raise PullUnsupported()
+
+
 @bp.get("/current_model")
 def current_model():
     name = service().current_model
@@ -78,14 +103,14 @@ def generate():
     pieces = text_pieces(generation)
     if not stream:
         text, done = collect(pieces)
-        return jsonify(_rkllm_chunk(text, done.finish_reason, done.usage))
+        return jsonify(_rkllm_chunk(text, done.finish_reason, speed_stats(generation, done.usage)))
 
     def chunks():
         usage = {"prompt_tokens": len(generation.prompt_ids), "completion_tokens": 0, "total_tokens": 0}
         for piece in pieces:
-            usage = piece.done.usage if piece.done else {
+            usage = speed_stats(generation, piece.done.usage) if piece.done else {
                 **usage, "completion_tokens": len(generation.completion_ids),
-                "total_tokens": len(generation.prompt_ids) + len(generation.completion_ids)}
+                "total_tokens": len(generation.prompt_ids) + len(generation.completion_ids), "tokens_per_second": 0}
             finish = piece.done.finish_reason if piece.done else None
             if piece.text or piece.done:
                 yield (json.dumps(_rkllm_chunk(piece.text, finish, usage), ensure_ascii=False) + "\n\n").encode()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 OnToken = Callable[[int], None]
 
@@ -50,6 +50,10 @@ class RuntimeUnavailable(RuntimeError_):
 
 class ModelLoadError(RuntimeError_):
     """The model could not be loaded (bad file, version mismatch, out of memory, ...)."""
+
+
+class EmbeddingsUnsupported(RuntimeError_):
+    """The runtime (or this ABI of it) has no hidden-state output."""
 
 
 class GenerationFailed(RuntimeError_):
@@ -126,6 +130,11 @@ class ModelHandle(abc.ABC):
     def memory_mb(self) -> float:
         """Approximate resident size of the model, for eviction decisions and /api/ps."""
         return 0.0
+
+    def embed(self, prompt_ids: Sequence[int]) -> List[float]:
+        """The mean over the prompt's tokens of the model's last hidden layer. A runtime that cannot give
+        hidden states raises ``EmbeddingsUnsupported``."""
+        raise EmbeddingsUnsupported(f"the runtime serving {self.spec.name} gives no hidden states")
 
     def __enter__(self) -> "ModelHandle":
         return self

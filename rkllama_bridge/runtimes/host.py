@@ -76,6 +76,17 @@ class HostHandle(ModelHandle):
             return 0.0
         return sum(p.numel() * p.element_size() for p in self.model.parameters()) / 2**20
 
+    def embed(self, prompt_ids: Sequence[int]) -> List[float]:
+        """The real last hidden layer of the model, mean-pooled over the prompt's tokens (the KV cache of
+        the generations is left as it is)."""
+        import torch
+
+        if self.model is None:
+            raise ModelLoadError(f"{self.spec.name}: handle is closed")
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([list(prompt_ids)]), output_hidden_states=True, use_cache=False)
+        return [float(x) for x in out.hidden_states[-1][0].mean(dim=0)]
+
     def generate(self, prompt_ids: Sequence[int], params: GenerationParams, on_token: OnToken,
                  reuse_prefix: bool = False) -> GenerationResult:
         import torch

@@ -5,6 +5,8 @@ clients can be tested and benchmarked without a board. Everything it reports is 
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 import threading
 import time
@@ -127,6 +129,21 @@ class HandleCensus:
             return {"alive": dict(self._alive), "peak": dict(self._peak)}
 
 
+def embedding_dim(spec: ModelSpec) -> int:
+    config = spec.directory / "config.json"
+    if config.is_file():
+        try:
+            size = json.loads(config.read_text(encoding="utf-8")).get("hidden_size")
+        except ValueError:
+            size = None
+        if isinstance(size, int) and size > 0:
+            return size
+    try:
+        return max(1, int(spec.options.get("SIM_EMBEDDING_DIM", 64)))
+    except ValueError:
+        return 64
+
+
 class SimHandle(ModelHandle):
     def __init__(self, spec: ModelSpec, profile: SimProfile, reply_ids: Sequence[int], reply_len: int,
                  census: Optional[HandleCensus] = None):
@@ -146,6 +163,14 @@ class SimHandle(ModelHandle):
     @property
     def memory_mb(self) -> float:
         return self.profile.memory_mb
+
+    def embed(self, prompt_ids: Sequence[int]) -> List[float]:
+        """Deterministic stand-in hidden states, mean-pooled: each token a fixed vector of the model's
+        hidden size (``config.json``'s ``hidden_size``, else ``SIM_EMBEDDING_DIM``, else 64)."""
+        dim = embedding_dim(self.spec)
+        self._wait(self.profile.prefill_ms_per_token * len(prompt_ids) / 1000)
+        ids = list(prompt_ids) or [0]
+        return [sum(math.sin((t + 1) * (i + 1) * 0.6180339887) for t in ids) / len(ids) for i in range(dim)]
 
     def _wait(self, seconds: float) -> bool:
         """Sleep like the NPU would; returns True if aborted meanwhile (the sim's only real wait)."""

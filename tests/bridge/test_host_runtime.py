@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import requests
 
 from ..support import wait_for
@@ -26,3 +27,28 @@ def test_host_stream_is_token_by_token_and_abort_frees_the_model(start_bridge, d
         assert isinstance(first["token_id"], int) and isinstance(second["token_id"], int)
     wait_for(lambda: b.get_json("/health")[1]["aborts_total"] == 1, timeout=10, what="host generation aborted")
     wait_for(lambda: b.get_json("/health")[1]["active"] == 0, timeout=10, what="host handle free")
+
+
+@pytest.mark.slow
+def test_host_embeddings_are_the_models_mean_pooled_last_hidden_layer(start_bridge, default_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rkllama_bridge.tokenizer import ChatTokenizer
+
+    b = start_bridge(models_dir=default_model_dir.parent, runtime="host")
+    texts = ["The river flows to the sea.", "Compilers translate code."]
+    r = requests.post(b.url + "/api/embed", json={"model": "smollm2-135m-instruct", "input": texts}, timeout=120)
+    assert r.status_code == 200, r.text
+    got = r.json()["embeddings"]
+    model = AutoModelForCausalLM.from_pretrained(default_model_dir / "hf", dtype=torch.float32)
+    tokenizer = ChatTokenizer(default_model_dir)
+    assert r.json()["prompt_eval_count"] == sum(len(tokenizer.encode(t)) for t in texts)
+    for text, vector in zip(texts, got, strict=True):
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([tokenizer.encode(text)]), output_hidden_states=True)
+        expected = out.hidden_states[-1][0].mean(dim=0)
+        assert len(vector) == model.config.hidden_size
+        assert torch.allclose(torch.tensor(vector), expected, atol=1e-4)
+    shown = requests.post(b.url + "/api/show", json={"model": "smollm2-135m-instruct"}, timeout=30).json()
+    assert shown["model_info"]["llama.embedding_length"] == model.config.hidden_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import requests
 from hypothesis import strategies as st
@@ -15,8 +16,15 @@ TOKEN = "fuzz-token"
 FAST_SIM = ("--sim-decode-tok-s", "5000", "--sim-prefill-ms-per-token", "0", "--sim-load-s", "0")
 
 
-def test_generated_requests_get_no_500_and_match_the_document(start_bridge, image_env):
-    bridge = start_bridge(*FAST_SIM, token=TOKEN, env=image_env)  # with its image routes under /image
+def private_store(sim_models_dir, tmp_path):
+    """A copy of the sim store: the fuzzer calls the delete routes too, which must not empty the store the
+    other tests share."""
+    return shutil.copytree(sim_models_dir, tmp_path / "models")
+
+
+def test_generated_requests_get_no_500_and_match_the_document(start_bridge, image_env, sim_models_dir, tmp_path):
+    bridge = start_bridge(*FAST_SIM, token=TOKEN, env=image_env,  # with its image routes under /image
+                          models_dir=private_store(sim_models_dir, tmp_path))
     report = fuzz_server(bridge.url, TOKEN)
     print(f"bridge fuzz: {report.summary()}")
     assert report.requests > 0
@@ -38,8 +46,8 @@ def test_every_route_but_health_needs_the_token(start_bridge, image_env):
                     assert r.json()["error"]["code"] == "unauthorized"
 
 
-def test_hostile_json_fields_get_4xx_json_errors(start_bridge, image_env):
-    bridge = start_bridge(*FAST_SIM, token=TOKEN, env=image_env)
+def test_hostile_json_fields_get_4xx_json_errors(start_bridge, image_env, sim_models_dir, tmp_path):
+    bridge = start_bridge(*FAST_SIM, token=TOKEN, env=image_env, models_dir=private_store(sim_models_dir, tmp_path))
     known = {k: st.sampled_from(["qwen-sim", "phi-sim"]) for k in ("model", "model_name")}
     known.update(role=st.sampled_from(["system", "user", "assistant"]), type=st.sampled_from(["text", "image"]))
     known.update(size=st.sampled_from(["64x64", "0x0", "²x64"]), mode=st.sampled_from(["tiny", "nope"]),

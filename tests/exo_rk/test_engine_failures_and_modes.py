@@ -1,18 +1,15 @@
-"""The engine when a bridge dies mid-stream, and the token-caching mode against one-shot servers."""
+"""The engine when a bridge dies mid-stream, and the one-shot mode forced on a bridge (stock servers:
+test_stock_peers.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 import pytest
 
-from exo_rk.client import BridgeClient
 from exo_rk.engine import RKLLMInferenceEngine
 from tests.exo_rk.bridges import LONG_SIM_MODEL, SIM_MODEL, settings_for, sim_bridge_process, sim_cards
 from tests.exo_rk.harness import chat, node_generate, shard_for, template
-from tests.support import ServerProcess
 
 CONVERSATION = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -57,41 +54,6 @@ async def test_dead_bridge_before_the_first_token_is_a_clear_error(tmp_path, exo
             await eng.ensure_shard(shard_for(eng, SIM_MODEL))
     finally:
         await eng.cleanup()
-
-
-@pytest.fixture
-def stock_server(sim_bridge, tmp_path):
-    argv = [sys.executable, str(Path(__file__).with_name("stock_rkllama.py")), "--upstream", sim_bridge.url]
-    with ServerProcess(argv, health_path="/", startup_timeout=30) as server:
-        yield server
-
-
-async def test_server_without_native_stream_is_detected(stock_server, sim_bridge):
-    async with BridgeClient(stock_server.url) as stock, BridgeClient(sim_bridge.url) as bridge:
-        assert await stock.has_native_stream() is False
-        assert await bridge.has_native_stream() is True
-
-
-async def test_token_caching_mode_gives_the_same_text_as_streaming(
-    stock_server, sim_bridge, exo_home, tmp_path
-):
-    streaming = RKLLMInferenceEngine(None, settings=settings_for(sim_bridge.url, exo_home), cards=sim_cards())
-    # The stock-shaped server has no tokenizer route: the engine uses the copy exo's layout already holds.
-    oneshot = RKLLMInferenceEngine(None, settings=settings_for(stock_server.url, exo_home), cards=sim_cards())
-    try:
-        _, streamed_text = await chat(streaming, SIM_MODEL, CONVERSATION)
-        run, cached_text = await chat(oneshot, SIM_MODEL, CONVERSATION)
-        assert not oneshot._models[SIM_MODEL].native
-        assert run.finished_by_eos and len(run.tokens) > 2
-        assert cached_text == streamed_text
-        # The message list went to /generate once and the bridge templated it: the same prompt ids as the
-        # streamed request, with every turn.
-        records = [r["prompt_token_ids"] for r in sim_bridge.recorded() if r["model"] == SIM_MODEL]
-        assert records[-1] == records[-2]
-        assert oneshot.request_ids() == []  # the cache was dropped at EOS
-    finally:
-        await streaming.cleanup()
-        await oneshot.cleanup()
 
 
 async def test_oneshot_mode_forced_on_a_bridge(sim_bridge, exo_home):

@@ -117,3 +117,13 @@ def test_early_stops_free_the_board(client, sim_bridge):
     assert reply.choices[0].finish_reason == "stop"  # 4000 tokens at 200 tok/s would take 20 s
     wait_for(lambda: _aborts(sim_bridge, LONG_SIM_MODEL) == before + 1, timeout=10, what="the abort to count")
     wait_for(lambda: busy() == 0, timeout=10, what="the handle to be free")
+
+
+def test_text_completions_whole_and_streamed_with_usage(client):
+    whole = client.completions.create(model=SIM_MODEL, prompt="Once upon a time", max_tokens=5, temperature=0)
+    assert whole.object == "text_completion" and whole.choices[0].text
+    assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == 5
+    chunks = list(client.completions.create(model=SIM_MODEL, prompt="Once upon a time", max_tokens=5,
+                                            temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
