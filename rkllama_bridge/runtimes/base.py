@@ -93,7 +93,7 @@ def prompt_key(prompt_ids: Sequence[int], images: Optional[ImagePrompt]) -> List
         return list(prompt_ids)
     out: List[int] = []
     start = 0
-    for image, pos in zip(images.images, images.positions):
+    for image, pos in zip(images.images, images.positions, strict=True):
         out.extend(prompt_ids[start:pos])
         out.extend(image_key_ids(image))
         start = pos
