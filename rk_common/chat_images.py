@@ -64,7 +64,7 @@ def decode_base64(text: Any, where: str, param: str = "messages") -> bytes:
 def image_from_url(url: Any, where: str) -> bytes:
     """The bytes of an ``image_url``: only ``data:`` URLs; a remote URL is refused, never fetched."""
     if not isinstance(url, str) or not url:
-        raise image_error(f"{where}.image_url.url must be a string")
+        raise image_error(f"{where}.image_url.url must be a string: a data URL (data:image/png;base64,...)")
     match = _DATA_URL.match(url)
     if match is None:
         scheme = url.split(":", 1)[0].lower() if ":" in url else ""

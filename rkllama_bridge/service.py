@@ -366,7 +366,8 @@ class BridgeService:
                              "leave out 'seed'", code="unsupported_parameter")
         return ignored
 
-    def params_for(self, stored: StoredModel, fields: dict, prompt_len: int) -> GenerationParams:
+    def params_for(self, stored: StoredModel, fields: dict, prompt_len: int,
+                   image_tokens: int = 0) -> GenerationParams:
         """Validated parameters. An explicit max_new_tokens that does not fit the context is a 400; the
         Modelfile's default is shortened to what fits instead."""
         explicit = fields.get("max_new_tokens") is not None
@@ -375,9 +376,10 @@ class BridgeService:
         room = stored.num_ctx - prompt_len
         if room < 1 or (explicit and params.max_new_tokens > room):
             raise ContextOverflow(
-                f"prompt of {prompt_len} tokens + max_new_tokens {params.max_new_tokens} = "
+                f"prompt of {prompt_len} tokens{_image_note(image_tokens)} + max_new_tokens {params.max_new_tokens} = "
                 f"{prompt_len + params.max_new_tokens} exceeds the context of {stored.num_ctx} tokens (NUM_CTX) "
-                f"of model {stored.name}; shorten the conversation or send \"truncate\": \"left\"")
+                f"of model {stored.name}; " + ("send fewer images or a shorter conversation" if image_tokens else
+                                               "shorten the conversation or send \"truncate\": \"left\""))
         if params.max_new_tokens > room:
             params = GenerationParams(**{**params.__dict__, "max_new_tokens": room})
         return params
@@ -402,7 +404,7 @@ class BridgeService:
         stored = self.load(name, keep).stored
         if has_images(messages):  # no truncation with images: an overflow is a 400
             prompt_ids, images = self.image_chat_prompt(stored, messages, **template_extra)
-            params = self.params_for(stored, fields, len(prompt_ids) + images.n_image_tokens)
+            params = self.params_for(stored, fields, len(prompt_ids) + images.n_image_tokens, images.n_image_tokens)
             return self.start(name, prompt_ids, params, client_gone, keep_alive=keep, images=images), stored
         prompt_ids, dropped = self.fitted_prompt_ids(stored, messages, fields, truncate, **template_extra)
         params = self.params_for(stored, fields, len(prompt_ids))
@@ -462,7 +464,7 @@ class BridgeService:
                              f"(0..{vocab - 1}), e.g. {bad[0]!r}", code="invalid_token_ids")
         n = len(prompt_ids) + (images.n_image_tokens if images else 0)
         if n + params.max_new_tokens > stored.num_ctx:
-            counted = f" ({images.n_image_tokens} of them for {len(images.images)} image(s))" if images else ""
+            counted = _image_note(images.n_image_tokens if images else 0)
             raise ContextOverflow(f"prompt of {n} tokens{counted} + max_new_tokens {params.max_new_tokens} "
                                   f"exceeds the context of {stored.num_ctx} tokens of model {stored.name}")
 
@@ -472,6 +474,10 @@ class BridgeService:
             return entry.queue.acquire(client_gone, prompt_ids=prompt_ids if self.options.prefix_reuse else ())
         finally:
             self.metrics.queued(entry.name, -1)
+
+
+def _image_note(image_tokens: int) -> str:
+    return f" ({image_tokens} of them for images)" if image_tokens else ""
 
 
 def _queue_deadline(client_gone: ClientGoneCheck, deadline: Optional[float]) -> ClientGoneCheck:
