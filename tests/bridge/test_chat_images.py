@@ -207,3 +207,28 @@ def test_preprocessing_follows_the_model_config():
     assert x.shape == (1, 3, 14, 14) and x.dtype == np.float32
     assert x[0, :, 7, 7].tolist() == [2.0, 2.0, 2.0]  # white: (1 - 0.5) / 0.25
     assert abs(float(x[0, 0, 0, 7])) < 0.05  # the padding is the mean colour: ~0 once normalised
+
+
+def native(bridge, ids, images, positions):
+    import requests
+
+    body = {"model": SIM_VLM, "prompt_token_ids": ids, "max_new_tokens": 6,
+            "images": [base64.b64encode(im).decode() for im in images], "image_positions": positions}
+    with requests.post(bridge.url + "/v1/generate", json=body, timeout=60) as resp:
+        if resp.status_code != 200:
+            return resp.status_code, resp.json()
+        lines = [json.loads(line) for line in resp.iter_lines() if line]
+    return 200, ([x["token_id"] for x in lines if "token_id" in x], lines[-1])
+
+
+def test_native_stream_takes_images_at_token_positions(bridge):
+    ids = [1, 9690, 198, 2, 1, 4093, 198]
+    status, (red, done) = native(bridge, ids, [RED], [4])
+    _, (blue, _) = native(bridge, ids, [BLUE], [4])
+    _, (red_again, _) = native(bridge, ids, [RED], [4])
+    assert status == 200 and red != blue and red == red_again
+    assert done["usage"]["prompt_tokens"] == len(ids) + N_TOKENS
+    status, body = native(bridge, ids, [RED], [len(ids) + 1])
+    assert status == 400 and body["error"]["code"] == "invalid_image_positions"
+    status, body = native(bridge, ids, [RED, BLUE], [4])
+    assert status == 400 and body["error"]["code"] == "invalid_image_positions"
