@@ -207,6 +207,9 @@ class RKLLMHandle(ModelHandle):
                                  f"{library.version or '?'} (ABI {self.abi.name}); the library's log above says why")
         self._cdll = cdll
         self._handle = handle
+        if spec.options.get("VISION_ENCODER") and "rkllm_set_chat_template" in self.abi.symbols:
+            # The bridge sends a multimodal prompt already templated: the library must not wrap it again.
+            cdll.rkllm_set_chat_template(handle, b"", b"", b"")
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._run: _Run | None = None

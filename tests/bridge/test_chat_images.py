@@ -232,3 +232,29 @@ def test_native_stream_takes_images_at_token_positions(bridge):
     assert status == 400 and body["error"]["code"] == "invalid_image_positions"
     status, body = native(bridge, ids, [RED, BLUE], [4])
     assert status == 400 and body["error"]["code"] == "invalid_image_positions"
+
+
+@pytest.fixture(scope="module")
+def gateway(bridge, tmp_path_factory):
+    import sys
+
+    argv = [sys.executable, "-m", "exo_rk", "serve", "--host", "127.0.0.1", "--bridge", bridge.url]
+    env = {"EXO_HOME": str(tmp_path_factory.mktemp("exo-home-vlm")), "RKLLM_SERVERS": ""}
+    with ServerProcess(argv, env=env, startup_timeout=60) as server:
+        yield server
+
+
+def test_gateway_carries_image_urls_to_the_bridge(gateway):
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=60) as c:
+        red = c.chat.completions.create(model=SIM_VLM, messages=ask(RED), max_tokens=6)
+        blue = c.chat.completions.create(model=SIM_VLM, messages=ask(BLUE), max_tokens=6)
+        again = c.chat.completions.create(model=SIM_VLM, messages=ask(RED), max_tokens=6)
+        assert red.choices[0].message.content != blue.choices[0].message.content
+        assert red.choices[0].message.content == again.choices[0].message.content
+        for messages, model, code in [(ask(RED), TEXT_MODEL, "model_not_vision"),
+                                      (ask(b"not an image"), SIM_VLM, "invalid_image"),
+                                      ([{"role": "user", "content": [{"type": "image_url", "image_url": {
+                                          "url": "https://example.com/a.png"}}]}], SIM_VLM, "remote_image_url")]:
+            with pytest.raises(openai.BadRequestError) as refused:
+                c.chat.completions.create(model=model, messages=messages, max_tokens=2)
+            assert refused.value.body["code"] == code
