@@ -83,7 +83,7 @@ def vlm_dir(tmp_path_factory, default_model_dir):
     write_sim_model(root, TEXT_MODEL, default_model_dir, SIM_REPLY_TOKENS=6)
     write_sim_model(root, SIM_VLM, default_model_dir, VISION_ENCODER="sim", SIM_REPLY_TOKENS=6)
     d = write_sim_model(root, ONNX_VLM, default_model_dir, VISION_ENCODER="encoder.onnx", SIM_REPLY_TOKENS=6,
-                        NUM_CTX=96)
+                        MAX_NEW_TOKENS=8)
     tiny_encoder(d / "encoder.onnx")
     (d / "preprocessor_config.json").write_text(json.dumps(
         {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": {"height": ENC_SIZE,
@@ -150,11 +150,15 @@ def test_the_same_image_in_history_reuses_the_prefix_and_another_does_not(client
 
 
 def test_image_tokens_count_in_the_context_budget(bridge):
-    # NUM_CTX 96: two images are 32 tokens; 60 new tokens more do not fit
+    # NUM_CTX 512: the text is ~40 tokens, so 460 new tokens fit without the images' 32 but not with them
     status, body = bridge.post_json("/v1/chat/completions", {"model": ONNX_VLM, "messages": ask(RED, BLUE),
-                                                             "max_tokens": 60})
+                                                             "max_tokens": 460})
     assert status == 400 and body["error"]["code"] == "context_length_exceeded"
-    assert "image" in body["error"]["message"]
+    assert "32 of them for images" in body["error"]["message"]
+    text_only = [{"role": "user", "content": "What is in the picture?"}]
+    status, body = bridge.post_json("/v1/chat/completions", {"model": ONNX_VLM, "messages": text_only,
+                                                             "max_tokens": 460})
+    assert status == 200 and body["usage"]["prompt_tokens"] + 460 <= 512
 
 
 @pytest.mark.parametrize("case, messages, model, code", [
@@ -258,3 +262,41 @@ def test_gateway_carries_image_urls_to_the_bridge(gateway):
             with pytest.raises(openai.BadRequestError) as refused:
                 c.chat.completions.create(model=model, messages=messages, max_tokens=2)
             assert refused.value.body["code"] == code
+
+
+def fnv1a(data: bytes) -> str:
+    h = 1469598103934665603
+    for b in data:
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+@pytest.mark.skipif(__import__("shutil").which("gcc") is None, reason="gcc is needed to build the stub librkllmrt")
+@pytest.mark.parametrize("abi", ["1.1", "1.3"])
+def test_rkllm_bridge_hands_the_encoders_embeddings_to_the_library(vlm_dir, default_tokenizer, tmp_path, abi):
+    """The bridge on the stub librkllmrt: the ONNX encoder's output for the image arrives in
+    RKLLMMultiModalInput byte for byte; 1.1 takes one image per prompt (two are a 400)."""
+    from rk_common.chat_images import ImageLimits, check_image
+    from rkllama_bridge.vision import load_encoder
+
+    from ..native.build import stub_env
+
+    record = tmp_path / "calls.jsonl"
+    env = stub_env(abi, reply_ids=default_tokenizer.encode("A red square."), record=record, embed_dim=DIM)
+    with ServerProcess(bridge_argv(vlm_dir, "rkllm", "--no-images", "--port", "0"), env=env) as bridge:
+        status, body = bridge.post_json("/v1/chat/completions", {"model": ONNX_VLM, "messages": ask(RED),
+                                                                 "max_tokens": 8})
+        assert status == 200, body
+        status, two = bridge.post_json("/v1/chat/completions", {"model": ONNX_VLM, "messages": ask(RED, BLUE),
+                                                                "max_tokens": 4})
+    run = [json.loads(line) for line in record.read_text().splitlines() if '"run"' in line][0]
+    checked = check_image(RED, ImageLimits())
+    expected = load_encoder(ONNX_VLM, vlm_dir / ONNX_VLM, "encoder.onnx").encode(checked.image, checked.digest)
+    assert run["input_type"] == "multimodal" and run["prompt"].count("<image>") == 1
+    assert run["image"]["n_image_tokens"] == N_TOKENS and run["image"]["embed_floats"] == N_TOKENS * DIM
+    assert run["image"]["embed_fnv1a"] == fnv1a(expected.embedding.tobytes())
+    assert body["usage"]["prompt_tokens"] >= N_TOKENS
+    if abi == "1.1":
+        assert status == 400 and two["error"]["code"] == "too_many_images"
+    else:
+        assert status == 200 and two["usage"]["prompt_tokens"] >= 2 * N_TOKENS
