@@ -300,3 +300,41 @@ def test_rkllm_bridge_hands_the_encoders_embeddings_to_the_library(vlm_dir, defa
         assert status == 400 and two["error"]["code"] == "too_many_images"
     else:
         assert status == 200 and two["usage"]["prompt_tokens"] >= 2 * N_TOKENS
+
+
+def test_an_rknn_encoder_takes_uint8_nhwc_pixels_and_an_npu_turn(tmp_path, monkeypatch):
+    """``encoder.rknn`` runs on RKNNLite (here the fake that runs the sibling ONNX): raw uint8 pixels, NHWC
+    at RKNNLite's boundary, at the preprocessor config's size (mean/std are baked into an RKNN model), one
+    arbiter turn per image."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from PIL import Image
+
+    from rkllama_bridge.arbiter import NpuArbiter
+    from rkllama_bridge.vision import load_encoder
+
+    # The sibling ONNX the fake runs (it turns RKNNLite's NHWC input back to NCHW): uint8 (1, 3, 14, 14) ->
+    # the mean of each 7x7 patch and channel, (1, 4 tokens, 3)
+    nodes = [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Reshape", ["f", "s1"], ["r"]),
+             helper.make_node("ReduceMean", ["r"], ["m"], axes=[3, 5], keepdims=0),
+             helper.make_node("Reshape", ["m", "s2"], ["t"]),
+             helper.make_node("Transpose", ["t"], ["y"], perm=[0, 2, 1])]
+    graph = helper.make_graph(nodes, "patches", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 3, 14, 14])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3])],
+                              [numpy_helper.from_array(np.array([1, 3, 2, 7, 2, 7], np.int64), "s1"),
+                               numpy_helper.from_array(np.array([1, 3, 4], np.int64), "s2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "encoder.onnx"))
+    (tmp_path / "encoder.rknn").write_bytes(b"rknn placeholder: the fake loads encoder.onnx\n")
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 14, "width": 14}}))
+    monkeypatch.setenv("IMAGE_ENGINE_FAKE_RKNN", "1")
+    arbiter = NpuArbiter()
+    enc = load_encoder("m", tmp_path, "encoder.rknn", lambda: arbiter.turn("vision"))
+    left_red = Image.new("RGB", (14, 14), (0, 0, 255))
+    left_red.paste((255, 0, 0), (0, 0, 7, 14))
+    out = enc.encode(left_red, "0" * 64).embedding
+    assert out.shape == (4, 3)
+    assert out[0].tolist() == [255.0, 0.0, 0.0] and out[1].tolist() == [0.0, 0.0, 255.0]  # raw pixels, not normalised
+    assert arbiter.snapshot()["kinds"]["vision"]["turns"] == 1
