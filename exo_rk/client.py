@@ -102,7 +102,8 @@ class GenerationBackend(Protocol):
     async def has_native_stream(self) -> bool: ...
 
     def stream(
-        self, model: str, prompt_token_ids: Sequence[int], params: GenerationParams
+        self, model: str, prompt_token_ids: Sequence[int], params: GenerationParams, *,
+        images: Optional[Dict[str, Any]] = None,
     ) -> AsyncIterator[StreamEvent]: ...
 
     async def generate_oneshot(self, model: str, messages: Sequence[Dict[str, Any]],
@@ -285,16 +286,19 @@ class BridgeClient:
         return self._native
 
     async def stream(
-        self, model: str, prompt_token_ids: Sequence[int], params: GenerationParams
+        self, model: str, prompt_token_ids: Sequence[int], params: GenerationParams, *,
+        images: Optional[Dict[str, Any]] = None,
     ) -> AsyncIterator[StreamEvent]:
-        """Stream tokens for ``prompt_token_ids``: ``TokenEvent``s then one ``StreamEnd``.
+        """Stream tokens for ``prompt_token_ids``: ``TokenEvent``s then one ``StreamEnd``. ``images``
+        (``{"images": [base64, ...], "image_positions": [index, ...]}``) go with the ids to a vision model.
 
         Raises a ``BridgeError`` before the first event when the bridge refuses the request, and
         ``BridgeUnavailable`` when the connection breaks or ends without the final line. Closing the
         iterator early closes the connection, which makes the bridge abort the generation.
         """
         url = self.base_url + "/v1/generate"
-        body = {"model": model, "prompt_token_ids": [int(t) for t in prompt_token_ids], **params.to_json()}
+        body = {"model": model, "prompt_token_ids": [int(t) for t in prompt_token_ids], **params.to_json(),
+                **(images or {})}
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.connect_timeout, sock_read=self.stream_read_timeout
         )

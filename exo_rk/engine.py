@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # Keys of ``inference_state`` a caller may set on the first call (exo sets none; the gateway does).
 STATE_PARAMS = "rkllm_params"
 STATE_MESSAGES = "rkllm_messages"
+#: ``{"images": [base64, ...], "image_positions": [index into the prompt ids, ...]}``: the prompt's images,
+#: carried to the bridge's native stream (exo's own ChatGPT API hands the engine none, see the README)
+STATE_IMAGES = "rkllm_images"
 
 
 class _LoadedModel:
@@ -260,10 +263,16 @@ class RKLLMInferenceEngine(InferenceEngine):
         limits = [n for n in (self._max_tokens.pop(request_id, None), self.exo_max_tokens) if n]
         limit = min(limits) if limits else None
         params = self._params(state, self._bridge_limit(loaded, len(ids), limit))
+        images = state.get(STATE_IMAGES)
+        if images and not loaded.native:
+            raise errors.BadBridgeRequest(f"request {request_id}: images need a bridge with the native stream; "
+                                          "stock rkllama's one-shot /generate cannot carry them",
+                                          code="images_unsupported")
         if loaded.native:
-            log.debug("request %s: %d prompt tokens to %s (%s)", request_id, len(ids),
-                      loaded.card.bridge_model, params)
-            events = self.backend.stream(loaded.card.bridge_model, ids, params)
+            log.debug("request %s: %d prompt tokens%s to %s (%s)", request_id, len(ids),
+                      f" and {len(images['images'])} image(s)" if images else "", loaded.card.bridge_model, params)
+            extra = {"images": images} if images else {}
+            events = self.backend.stream(loaded.card.bridge_model, ids, params, **extra)
             gen = StreamingSession(request_id, events, first_token_timeout=self.settings.first_token_timeout,
                                    token_timeout=self.settings.token_timeout)
         else:

@@ -17,6 +17,7 @@ status; the chat request and reply are :mod:`rk_common.openai_chat`, the same as
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 
@@ -26,7 +27,7 @@ from aiohttp import web
 from exo_rk import errors
 from exo_rk.compat import full_shard
 from exo_rk.detok import TextStream
-from exo_rk.engine import STATE_MESSAGES, STATE_PARAMS, RKLLMInferenceEngine
+from exo_rk.engine import STATE_IMAGES, STATE_MESSAGES, STATE_PARAMS, RKLLMInferenceEngine
 from exo_rk.gateway_body import install_workers, read_json, run_cpu
 from exo_rk.gateway_context import DEFAULT_MODEL_KEY, ENGINE_KEY, bridge_error, request_id
 from exo_rk.gateway_images import handle_image_generations
@@ -35,6 +36,7 @@ from exo_rk.prompt_limits import check_context, check_prompt_chars
 from exo_rk.tokenizer_store import encode_prompt
 from rk_common import aiohttp_http
 from rk_common.auth import bearer_auth
+from rk_common.chat_images import IMAGE_MARK
 from rk_common.errors import ApiError
 from rk_common.openai_chat import (
     SSE_DONE,
@@ -68,12 +70,30 @@ class Completion:
         self._result: Any = None
         self._state: Optional[dict] = None
         self.text: Optional[TextStream] = None
+        self.images: Optional[Dict[str, Any]] = None  # the native stream's images and their positions
 
     def _prompt(self, tokenizer: Any) -> Tuple[List[Dict[str, Any]], str, List[int]]:
-        """(messages, templated prompt, token ids): CPU work, run on a worker thread."""
+        """(messages, templated prompt, token ids): CPU work, run on a worker thread. With images, the
+        text between them is encoded piece by piece and ``self.images`` says where each one stands."""
         messages, extra = chat_inputs(self.req.messages, self.req.tools, getattr(tokenizer, "chat_template", None))
+        images = [data for m in messages for data in (m.get("images") or ())]
+        messages = [{k: v for k, v in m.items() if k != "images"} for m in messages]
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
-        return messages, prompt, encode_prompt(tokenizer, prompt)
+        if not images:
+            return messages, prompt, encode_prompt(tokenizer, prompt)
+        pieces = prompt.split(IMAGE_MARK)
+        if len(pieces) != len(images) + 1:
+            raise ApiError(f"the chat template kept {len(pieces) - 1} of the {len(images)} images", status=400,
+                           code="invalid_messages")
+        ids: List[int] = []
+        positions: List[int] = []
+        for i, piece in enumerate(pieces):
+            ids.extend(encode_prompt(tokenizer, piece) if piece else [])
+            if i < len(images):
+                positions.append(len(ids))
+        self.images = {"images": [base64.b64encode(data).decode("ascii") for data in images],
+                       "image_positions": positions}
+        return messages, "".join(pieces), ids
 
     async def start(self, app: web.Application) -> None:
         """Template and encode (on ``app``'s worker threads), check the context budget, run the (1, N)
@@ -89,6 +109,8 @@ class Completion:
         params = {k: v for k, v in (("max_new_tokens", req.max_tokens), ("temperature", req.temperature),
                                     ("top_p", req.top_p), ("seed", req.seed)) if v is not None}
         state = {STATE_PARAMS: params, STATE_MESSAGES: messages}
+        if self.images:
+            state[STATE_IMAGES] = self.images
         tokens = np.asarray(ids, dtype=np.int64).reshape(1, -1)
         try:
             self._result, self._state = await engine.infer_tensor(self.request_id, self.shard, tokens, state)

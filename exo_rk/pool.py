@@ -409,8 +409,8 @@ class BridgePool:
 
     # -- generation ---------------------------------------------------------------------------------
 
-    async def stream(self, model: str, prompt_token_ids: Sequence[int],
-                     params: GenerationParams) -> AsyncIterator[StreamEvent]:
+    async def stream(self, model: str, prompt_token_ids: Sequence[int], params: GenerationParams, *,
+                     images: Optional[Dict[str, Any]] = None) -> AsyncIterator[StreamEvent]:
         """Tokens from the best bridge; retried elsewhere only while no event was handed out.
 
         Raises ``NoBridgeAvailable`` when no bridge can take the request, ``DeadlineExceeded`` when the
@@ -428,7 +428,7 @@ class BridgePool:
             bridge = await self._candidate(model, tried, failures)
             budget = self._first_token_budget(bridge, model, len(prompt_token_ids))
             bridge.begin(model)
-            events = bridge.client.stream(model, prompt_token_ids, params)
+            events = bridge.client.stream(model, prompt_token_ids, params, **({"images": images} if images else {}))
             try:
                 first = await self._first_event(events, model, bridge, budget, first_deadline, tried)
                 break

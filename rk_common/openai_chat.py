@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import openapi
+from .chat_images import IMAGE_MARK, content_parts
 from .errors import BadRequest
 from .reply_shaping import REASONING, ReplyStream, shape_reply
 from .tool_calls import validate_tools
@@ -70,26 +71,27 @@ def _invalid_message(message: str) -> BadRequest:
     return BadRequest(message, code="invalid_messages", param="messages")
 
 
-def _content(message: dict, index: int) -> str:
+def _content(message: dict, index: int) -> Tuple[str, List[bytes]]:
+    """The message's text and the bytes of its images (``image_url`` data URLs, each marked in the text)."""
     content = message.get("content")
+    images: List[bytes] = []
     if content is None:  # an assistant turn that only called tools
-        return ""
-    if isinstance(content, list):  # content parts: only text reaches a text model
-        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                   for p in content):
-            raise _invalid_message(f"messages[{index}].content: only text parts "
-                                   "({\"type\": \"text\", \"text\": str}) are supported")
-        content = "".join(p["text"] for p in content)
-    if not isinstance(content, str):
-        raise _invalid_message(f"messages[{index}].content must be a string or a list of text parts")
+        return "", images
+    if isinstance(content, list):  # content parts: text, and images as inline data URLs
+        content, images = content_parts(content, f"messages[{index}]")
+    elif isinstance(content, str):
+        content = content.replace(IMAGE_MARK, "")
+    else:
+        raise _invalid_message(f"messages[{index}].content must be a string or a list of content parts")
     try:
-        return unicode_text(f"messages[{index}].content", content)
+        return unicode_text(f"messages[{index}].content", content), images
     except BadRequest as exc:
         raise _invalid_message(exc.message) from None
 
 
 def parse_messages(body: Mapping[str, Any]) -> Tuple[Dict[str, Any], ...]:
-    """OpenAI messages with text content; ``developer`` is a system turn for chat templates."""
+    """OpenAI messages; ``developer`` is a system turn for chat templates. A message with ``image_url``
+    parts gets ``images`` (their bytes) and an image mark in its text per image (see ``chat_images``)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _invalid_message("'messages' must be a non-empty list of {role, content} objects")
@@ -98,7 +100,12 @@ def parse_messages(body: Mapping[str, Any]) -> Tuple[Dict[str, Any], ...]:
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise _invalid_message(f"messages[{i}] needs a role of {', '.join(ROLES)}")
         role = "system" if message["role"] == "developer" else message["role"]
-        out.append({**message, "role": role, "content": _content(message, i)})
+        text, images = _content(message, i)
+        parsed = {k: v for k, v in message.items() if k != "images"}
+        parsed.update(role=role, content=text)
+        if images:
+            parsed["images"] = images
+        out.append(parsed)
     return tuple(out)
 
 
@@ -254,8 +261,10 @@ def sse(item: Mapping[str, Any]) -> bytes:
 # --- the OpenAPI schema of the request, from the tables above ---------------------------------------------
 
 TEXT_PART = openapi.obj(("type", "text"), type={"type": "string", "enum": ["text"]}, text={"type": "string"})
+IMAGE_PART = openapi.obj(("type", "image_url"), type={"type": "string", "enum": ["image_url"]},
+                         image_url=openapi.obj(("url",), url={"type": "string", "pattern": "^data:"}))
 MESSAGE = openapi.obj(("role",), role={"type": "string", "enum": list(ROLES)}, content={"anyOf": [
-    {"type": "string", "nullable": True}, {"type": "array", "items": TEXT_PART}]})
+    {"type": "string", "nullable": True}, {"type": "array", "items": {"anyOf": [TEXT_PART, IMAGE_PART]}}]})
 STOP = {"anyOf": [{"type": "string", "minLength": 1},
                   {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": MAX_STOP}]}
 

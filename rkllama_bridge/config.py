@@ -65,6 +65,10 @@ class BridgeConfig:
                                                why="none: the client's deadline decides (exo: first_token_timeout "
                                                    "300 s); a client that goes away aborts its generation")
     images: bool = setting(True, "mount the image routes (/image/superres, /image/generate, ...)")
+    chat_max_images: int = setting(4, "images one chat request may carry (vision models; then 400)", minimum=0)
+    chat_max_image_bytes: int = setting(4 * 2**20, "bytes of one chat image, after base64 (then 400)", minimum=1)
+    chat_max_image_pixels: int = setting(16 * 2**20, "pixels of one chat image, read from its header before "
+                                         "decoding (then 400: decompression bombs cost nothing)", minimum=1)
     sim_profile: Optional[str] = setting(None, "sim runtime profile, e.g. qwen2.5-1.5b-rk3588",
                                          shown="qwen2.5-1.5b-rk3588")
     sim_decode_tok_s: Optional[float] = setting(None, "override the profile's decode speed (0 = unthrottled)",

@@ -57,6 +57,12 @@ KNOWN_KEYS: Dict[str, Callable[[str], object]] = {
     "PRESENCE_PENALTY": float,
     "ENABLE_THINKING": str,
     "INSTANCES": _positive_int,
+    # vision-language models (see rkllama_bridge.vision and the README's "Images in chat")
+    "VISION_ENCODER": str,
+    "IMAGE_PLACEHOLDER": str,
+    "IMAGE_START": str,
+    "IMAGE_END": str,
+    "IMAGE_CONTENT": str,
 }
 
 

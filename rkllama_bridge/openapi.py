@@ -24,7 +24,10 @@ IMAGE_PREFIX = "/image"  # where server.mount_images puts them (image_engine.app
 
 MODEL_NAME = {"type": "string", "minLength": 1, "maxLength": 128}
 INTEGER = {"type": "integer"}
-MESSAGES = {"type": "array", "minItems": 1, "items": openai_chat.MESSAGE}
+BASE64_IMAGES = {"type": "array", "items": {"type": "string", "format": "byte"}}
+# Ollama's messages may carry their images (base64) beside the content
+MESSAGES = {"type": "array", "minItems": 1, "items": {**openai_chat.MESSAGE, "properties": {
+    **openai_chat.MESSAGE.get("properties", {}), "images": BASE64_IMAGES}}}
 STOP = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 16}]}
 SAMPLING = {name: spec.schema() for name, spec in SAMPLING_SPECS.items()}
 EMBED_INPUT = {"anyOf": [{"type": "string", "minLength": 1},
@@ -35,7 +38,8 @@ OLLAMA_OPTIONS = obj(num_predict=INTEGER, stop=STOP, **SAMPLING)
 def _paths() -> Dict[str, Dict[str, Any]]:
     gen_body = obj(("prompt_token_ids",), model=MODEL_NAME, prompt_token_ids={
         "type": "array", "items": {"type": "integer", "minimum": 0}},
-        messages=MESSAGES, max_new_tokens=INTEGER, **SAMPLING)
+        messages=MESSAGES, max_new_tokens=INTEGER, images=BASE64_IMAGES,
+        image_positions={"type": "array", "items": {"type": "integer", "minimum": 0}}, **SAMPLING)
     ollama_body = dict(model=MODEL_NAME, stream={"type": "boolean"}, options=OLLAMA_OPTIONS)
     names = obj(("models",), models={"type": "array", "items": {"type": "string"}})
     message = obj(("message",), message={"type": "string"})
@@ -93,7 +97,8 @@ def _paths() -> Dict[str, Dict[str, Any]]:
         "/api/generate": {"post": op("completion (Ollama); NDJSON when stream is true (the default)",
                                       {JSON: obj(("response", "done")), NDJSON: {}},
                                       obj(("prompt",), prompt={"type": "string", "minLength": 1},
-                                           system={"type": "string"}, raw={"type": "boolean"}, **ollama_body))},
+                                           system={"type": "string"}, raw={"type": "boolean"}, images=BASE64_IMAGES,
+                                           **ollama_body))},
         "/v1/models": {"get": op("models (OpenAI)", {JSON: obj(("object", "data"), data={"type": "array"})})},
         "/v1/chat/completions": {"post": openai_chat.operation(
             "chat completion (OpenAI); SSE ending in 'data: [DONE]' when stream is true", model=MODEL_NAME,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping
 
+from rk_common.chat_images import IMAGE_MARK, decode_base64
+from rk_common.errors import BadRequest
 from rk_common.openai_chat import parse_messages
 from rk_common.validation import Number, optional_bool, optional_str, require_object
 
@@ -46,5 +48,24 @@ def generation_params(fields: Mapping[str, Any], defaults: Mapping[str, Any], nu
 
 
 def messages_field(body: Mapping[str, Any], name: str = "messages") -> list:
-    """A chat message list, checked as on the OpenAI route (roles, text content, no lone surrogates)."""
-    return list(parse_messages({"messages": body.get(name)}))
+    """An Ollama chat message list, checked as on the OpenAI route (roles, content, no lone surrogates);
+    a message's ``images`` (base64) stand before its text, as Ollama puts them."""
+    messages = parse_messages({"messages": body.get(name)})
+    raw = body.get(name)
+    out = []
+    for i, message in enumerate(messages):
+        images = ollama_images(raw[i].get("images"), f"{name}[{i}].images", name)
+        if images:
+            message = {**message, "content": IMAGE_MARK * len(images) + message["content"],
+                       "images": images + list(message.get("images") or ())}
+        out.append(message)
+    return out
+
+
+def ollama_images(value: Any, where: str, param: str) -> list:
+    """Ollama's ``images``: a list of base64 strings (absent or null: none)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequest(f"'{where}' must be a list of base64 strings", code="invalid_image", param=param)
+    return [decode_base64(item, f"{where}[{j}]", param) for j, item in enumerate(value)]

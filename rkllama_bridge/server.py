@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from rk_common.chat_images import ImageLimits
+
 from .app import create_app
 from .config import BridgeConfig, warn_ignored_image_names
 from .default_model import DEFAULT_MODEL_NAME, ensure_default_model
@@ -47,7 +49,9 @@ def build_service(config: BridgeConfig) -> BridgeService:
                              prefix_reuse=config.prefix_reuse, keep_alive_s=keep_alive,
                              max_memory_mb=config.max_memory_mb, npu_concurrent=config.npu_concurrent,
                              state_file=config.state_file or default_state_path(root, config.port),
-                             request_timeout_s=config.request_timeout or None)
+                             request_timeout_s=config.request_timeout or None,
+                             image_limits=ImageLimits(config.chat_max_images, config.chat_max_image_bytes,
+                                                      config.chat_max_image_pixels))
     return BridgeService(store, runtime, options)
 
 

@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
+from rk_common.chat_images import ImageLimits
+
 from .arbiter import NpuArbiter, NpuWaitAbandoned
 from .context import check_truncate, reply_room, truncate_left
 from .errors import BadRequest, BridgeError, ContextOverflow, ModelUnavailable
+from .image_prompts import ImagePrompts, has_images
 from .lifecycle import DEFAULT_KEEP_ALIVE_S, StateFile, describe_keep_alive, parse_keep_alive, weights_size_mb
 from .metrics import BridgeMetrics
 from .model_lifecycle import KeepAlive, LoadPlan, ModelLifecycle
@@ -32,10 +35,12 @@ from .runtimes.base import (
     GenerationFailed,
     GenerationParams,
     GenerationResult,
+    ImagePrompt,
     ModelHandle,
     ModelLoadError,
     ModelSpec,
     Runtime,
+    prompt_key,
 )
 from .scheduler import HandleQueue
 from .store import ModelStore, StoredModel
@@ -103,6 +108,7 @@ class ServiceOptions:
     state_file: Optional[Path] = None  # where the set of loaded models is kept for restore()
     npu_concurrent: bool = False  # let LLM and image work use the NPU at the same time (see arbiter)
     request_timeout_s: Optional[float] = None  # deadline of a request, queue included; None = none
+    image_limits: ImageLimits = field(default_factory=ImageLimits)  # images per chat request
 
 
 REAPER_MAX_SLEEP_S = 0.5
@@ -145,6 +151,8 @@ class BridgeService:
         #: the process's NPU arbiter: image routes take ``arbiter.turn("image")`` per step
         self.arbiter = NpuArbiter(concurrent=options.npu_concurrent)
         self.arbiter.register_metrics(self.metrics.registry)
+        #: images in chat: vision encoders per model (an RKNN encoder takes the arbiter's "vision" turn)
+        self.images = ImagePrompts(runtime, options.image_limits, lambda: self.arbiter.turn("vision"))
 
     # -- model lifecycle (owned by ``self.lifecycle``) ------------------------------------------------
 
@@ -199,6 +207,7 @@ class BridgeService:
         self._reaper_wake.set()
         for name in self.lifecycle.names():
             self.unload(name, timeout=5.0)
+        self.images.close()
 
     def delete_model(self, name: str) -> None:
         """Remove ``name``'s directory from the store, unloading it first; ``ModelNotFound`` if absent."""
@@ -367,7 +376,8 @@ class BridgeService:
                              "leave out 'seed'", code="unsupported_parameter")
         return ignored
 
-    def params_for(self, stored: StoredModel, fields: dict, prompt_len: int) -> GenerationParams:
+    def params_for(self, stored: StoredModel, fields: dict, prompt_len: int,
+                   image_tokens: int = 0) -> GenerationParams:
         """Validated parameters. An explicit max_new_tokens that does not fit the context is a 400; the
         Modelfile's default is shortened to what fits instead."""
         explicit = fields.get("max_new_tokens") is not None
@@ -376,9 +386,10 @@ class BridgeService:
         room = stored.num_ctx - prompt_len
         if room < 1 or (explicit and params.max_new_tokens > room):
             raise ContextOverflow(
-                f"prompt of {prompt_len} tokens + max_new_tokens {params.max_new_tokens} = "
+                f"prompt of {prompt_len} tokens{_image_note(image_tokens)} + max_new_tokens {params.max_new_tokens} = "
                 f"{prompt_len + params.max_new_tokens} exceeds the context of {stored.num_ctx} tokens (NUM_CTX) "
-                f"of model {stored.name}; shorten the conversation or send \"truncate\": \"left\"")
+                f"of model {stored.name}; " + ("send fewer images or a shorter conversation" if image_tokens else
+                                               "shorten the conversation or send \"truncate\": \"left\""))
         if params.max_new_tokens > room:
             params = GenerationParams(**{**params.__dict__, "max_new_tokens": room})
         return params
@@ -401,11 +412,29 @@ class BridgeService:
         keep = self.keep_alive_field(keep_alive)
         name = self.resolve_model(model)
         stored = self.load(name, keep).stored
+        if has_images(messages):  # no truncation with images: an overflow is a 400
+            prompt_ids, images = self.image_chat_prompt(stored, messages, **template_extra)
+            params = self.params_for(stored, fields, len(prompt_ids) + images.n_image_tokens, images.n_image_tokens)
+            return self.start(name, prompt_ids, params, client_gone, keep_alive=keep, images=images), stored
         prompt_ids, dropped = self.fitted_prompt_ids(stored, messages, fields, truncate, **template_extra)
         params = self.params_for(stored, fields, len(prompt_ids))
         generation = self.start(name, prompt_ids, params, client_gone, keep_alive=keep)
         generation.dropped_messages = dropped
         return generation, stored
+
+    def image_chat_prompt(self, stored: StoredModel, messages: Sequence[dict],
+                          **template_extra) -> Tuple[List[int], ImagePrompt]:
+        """Token ids and images of a conversation with images (see ``image_prompts``)."""
+        messages = _with_system(stored, messages)
+        self._check_chars(stored, _chars(messages))
+
+        def render(msgs: List[dict]) -> str:
+            try:
+                return stored.tokenizer.render_chat(msgs, **template_extra)
+            except ValueError as exc:
+                raise BadRequest(str(exc), code="invalid_messages") from None
+
+        return self.images.build(stored, messages, render, stored.tokenizer.encode)
 
     def keep_alive_field(self, value: object) -> Union[Optional[float], str]:
         """A request's ``keep_alive`` as ``load``/``start`` take it ("default" when absent)."""
@@ -413,9 +442,11 @@ class BridgeService:
 
     def start(self, name: str, prompt_ids: Sequence[int], params: GenerationParams,
               client_gone: ClientGoneCheck = lambda: False,
-              keep_alive: Union[Optional[float], str] = "default") -> "Generation":
+              keep_alive: Union[Optional[float], str] = "default",
+              images: Optional[ImagePrompt] = None) -> "Generation":
         """Queue for a handle of ``name`` and start generating. Blocks while queued; raises QueueFull
-        (429) when the queue is full and ClientGone when the client leaves while queued."""
+        (429) when the queue is full and ClientGone when the client leaves while queued. ``images``: the
+        prompt's images (only for a model and runtime that take them, see ``image_prompts``)."""
         if not prompt_ids:
             raise BadRequest("the prompt is empty", code="empty_prompt")
         received = time.monotonic()
@@ -424,14 +455,15 @@ class BridgeService:
         self._current = name
         self._start_reaper()
         try:
-            self._check_prompt(entry.stored, prompt_ids, params)
-            handle = self._acquire(entry, _queue_deadline(client_gone, deadline), prompt_ids)
+            self._check_prompt(entry.stored, prompt_ids, params, images)
+            key = prompt_key(prompt_ids, images)
+            handle = self._acquire(entry, _queue_deadline(client_gone, deadline), key)
         except BaseException:
             self.lifecycle.done(entry)
             raise
         entry.last_used = time.time()
         self._record(name, prompt_ids, params)
-        return Generation(self, entry, handle, list(prompt_ids), params, client_gone, received, deadline)
+        return Generation(self, entry, handle, list(prompt_ids), params, client_gone, received, deadline, images)
 
     def embed(self, name: str, texts: Sequence[str], keep_alive: Union[Optional[float], str] = "default",
               client_gone: ClientGoneCheck = lambda: False) -> Tuple[List[List[float]], int]:
@@ -460,14 +492,17 @@ class BridgeService:
         entry.last_used = time.time()
         return vectors, sum(len(ids) for ids in prompts)
 
-    def _check_prompt(self, stored: StoredModel, prompt_ids: Sequence[int], params: GenerationParams) -> None:
+    def _check_prompt(self, stored: StoredModel, prompt_ids: Sequence[int], params: GenerationParams,
+                      images: Optional[ImagePrompt] = None) -> None:
         vocab = stored.tokenizer.vocab_size
         bad = [i for i in prompt_ids if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < vocab]
         if bad:
             raise BadRequest(f"prompt_token_ids contains {len(bad)} id(s) outside the vocabulary of {stored.name} "
                              f"(0..{vocab - 1}), e.g. {bad[0]!r}", code="invalid_token_ids")
-        if len(prompt_ids) + params.max_new_tokens > stored.num_ctx:
-            raise ContextOverflow(f"prompt of {len(prompt_ids)} tokens + max_new_tokens {params.max_new_tokens} "
+        n = len(prompt_ids) + (images.n_image_tokens if images else 0)
+        if n + params.max_new_tokens > stored.num_ctx:
+            counted = _image_note(images.n_image_tokens if images else 0)
+            raise ContextOverflow(f"prompt of {n} tokens{counted} + max_new_tokens {params.max_new_tokens} "
                                   f"exceeds the context of {stored.num_ctx} tokens of model {stored.name}")
 
     def _acquire(self, entry: LoadedModel, client_gone: ClientGoneCheck, prompt_ids: Sequence[int]) -> ModelHandle:
@@ -476,6 +511,10 @@ class BridgeService:
             return entry.queue.acquire(client_gone, prompt_ids=prompt_ids if self.options.prefix_reuse else ())
         finally:
             self.metrics.queued(entry.name, -1)
+
+
+def _image_note(image_tokens: int) -> str:
+    return f" ({image_tokens} of them for images)" if image_tokens else ""
 
 
 def _queue_deadline(client_gone: ClientGoneCheck, deadline: Optional[float]) -> ClientGoneCheck:
@@ -500,11 +539,14 @@ class Generation:
 
     def __init__(self, service: BridgeService, entry: LoadedModel, handle: ModelHandle, prompt_ids: List[int],
                  params: GenerationParams, client_gone: ClientGoneCheck, received: float,
-                 deadline: Optional[float] = None):
+                 deadline: Optional[float] = None, images: Optional[ImagePrompt] = None):
         self.service = service
         self.entry = entry
         self.handle = handle
         self.prompt_ids = prompt_ids
+        self.images = images
+        #: prompt tokens as the model counts them: the ids plus each image's tokens
+        self.prompt_len = len(prompt_ids) + (images.n_image_tokens if images else 0)
         self.params = params
         self.client_gone = client_gone
         self.received = received
@@ -533,7 +575,7 @@ class Generation:
         """The result of a request that gave up before the runtime ran it."""
         if not self._cancelled:
             self._timed_out = True  # its deadline passed while it waited for the NPU
-        return GenerationResult("abort", len(self.prompt_ids), 0)
+        return GenerationResult("abort", self.prompt_len, 0)
 
     def _work(self) -> None:
         try:
@@ -542,9 +584,10 @@ class Generation:
                     self._q.put(self._not_started())
                     return
                 self.handle.npu_yield = npu.yield_point
+                extra = {"images": self.images} if self.images else {}  # only vision handles take images
                 try:
                     result = self.handle.generate(self.prompt_ids, self.params, self._q.put,
-                                                  reuse_prefix=self.service.options.prefix_reuse)
+                                                  reuse_prefix=self.service.options.prefix_reuse, **extra)
                 finally:
                     self.handle.npu_yield = None
             self._q.put(result)
@@ -610,8 +653,7 @@ class Generation:
             reason = "error"
             error = {"code": "runtime_error", "message": f"{self.service.runtime.name} runtime: {item}"}
             log.error("generation for %s failed after %d tokens: %s", self.entry.name, n, item)
-        usage = {"prompt_tokens": len(self.prompt_ids), "completion_tokens": n,
-                 "total_tokens": len(self.prompt_ids) + n}
+        usage = {"prompt_tokens": self.prompt_len, "completion_tokens": n, "total_tokens": self.prompt_len + n}
         if detok.invalid_ids:
             usage["invalid_token_ids"] = detok.invalid_ids
         if isinstance(item, GenerationResult) and item.cached_tokens:

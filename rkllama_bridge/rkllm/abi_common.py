@@ -105,6 +105,13 @@ class Abi:
     RKLLMCallback: type | None = None  # the 1.3 callback struct
 
     @property
+    def has_n_image(self) -> bool:
+        """Whether the multimodal input takes several images and their size (1.2.1+)."""
+        mm = dict(dict(self.RKLLMInput._fields_)["_u"]._fields_)["multimodal_input"]
+        fields = _field_names(mm) | (_field_names(dict(mm._fields_)["image"]) if "image" in _field_names(mm) else set())
+        return "n_image" in fields
+
+    @property
     def param_fields(self) -> frozenset:
         return _field_names(self.RKLLMParam) | _field_names(self.RKLLMParam._fields_[-1][1])
 

@@ -21,19 +21,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..runtimes.base import (
     GenerationFailed,
     GenerationParams,
     GenerationResult,
+    ImagePrompt,
     ModelHandle,
     ModelLoadError,
     ModelSpec,
+    prompt_key,
     reusable_prefix,
 )
 from .abi_common import (
     CALLBACK_CONTINUE,
     CALLBACK_PAUSE,
     RKLLM_INFER_GENERATE,
+    RKLLM_INPUT_MULTIMODAL,
     RKLLM_INPUT_PROMPT,
     RKLLM_INPUT_TOKEN,
     RKLLM_RUN_ERROR,
@@ -54,6 +59,17 @@ OnText = Callable[[int, bytes], None]
 _TOKEN, _FINISH, _ERROR, _CALLBACK_FAILED, _RETURNED = "token", "finish", "error", "callback-failed", "returned"
 
 POLL_S = 0.05
+
+# The tags RKLLM wraps around an image's tokens (rkllm.h: img_start/img_end/img_content before 1.3, the
+# multimodal input's image_start/... from 1.3), from the Modelfile; the defaults are Qwen2-VL's, as in the
+# rknn-llm multimodal demo.
+IMAGE_TAGS = (("IMAGE_START", "<|vision_start|>"), ("IMAGE_END", "<|vision_end|>"),
+              ("IMAGE_CONTENT", "<|image_pad|>"))
+
+
+def image_tags(spec: ModelSpec) -> tuple:
+    """(start, end, content) tags of ``spec`` as bytes."""
+    return tuple(spec.options.get(key, default).encode() for key, default in IMAGE_TAGS)
 
 
 @dataclass
@@ -174,6 +190,9 @@ class RKLLMHandle(ModelHandle):
         self._model_path_bytes = str(self.model_path).encode()
         self.ignored_settings = fill_param(self.abi, self._param, settings or settings_from_spec(spec),
                                            self._model_path_bytes)
+        self._image_tags = image_tags(spec)
+        if spec.options.get("VISION_ENCODER") and hasattr(self._param, "img_start"):  # before 1.3: set at init
+            self._param.img_start, self._param.img_end, self._param.img_content = self._image_tags
         self._router = _Router(self.abi.callback_returns_int)
         self._callback = self.abi.LLMResultCallback(self._router.on_result)
         self._callback_struct = None
@@ -188,6 +207,9 @@ class RKLLMHandle(ModelHandle):
                                  f"{library.version or '?'} (ABI {self.abi.name}); the library's log above says why")
         self._cdll = cdll
         self._handle = handle
+        if spec.options.get("VISION_ENCODER") and "rkllm_set_chat_template" in self.abi.symbols:
+            # The bridge sends a multimodal prompt already templated: the library must not wrap it again.
+            cdll.rkllm_set_chat_template(handle, b"", b"", b"")
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._run: _Run | None = None
@@ -205,38 +227,71 @@ class RKLLMHandle(ModelHandle):
         self._last_delivered: list = []
         self._perf = _Perf()
         self._finalizer = weakref.finalize(self, _destroy, cdll, handle.value,
-                                           (self._callback, self._callback_struct, self._param, self._router))
+                                           (self._callback, self._callback_struct, self._param, self._router,
+                                            self._image_tags))
 
     # ------------------------------------------------------------------ generation
 
     def generate(self, prompt_ids: Sequence[int], params: GenerationParams, on_token: Callable[[int], None],
                  keep_history: bool = False, on_text: OnText | None = None,
-                 reuse_prefix: bool = False) -> GenerationResult:
+                 reuse_prefix: bool = False, images: ImagePrompt | None = None) -> GenerationResult:
         """Generate from token ids (RKLLM_INPUT_TOKEN). ``keep_history`` keeps the KV cache of this turn
         for the next one (RKLLM >= 1.2.0; ignored with a warning on 1.1). ``reuse_prefix`` (the bridge's
         mode, see runtimes.base) runs with keep_history, sends only the ids that extend ``cached_ids``
-        and clears the library's cache first when the prompt does not extend it."""
+        and clears the library's cache first when the prompt does not extend it.
+
+        With ``images`` the run is an RKLLM_INPUT_MULTIMODAL input (``images.text`` and the embeddings),
+        unless the cache already holds every image of the prompt: then only the new token ids are sent."""
         ids = [int(i) for i in prompt_ids]
         if not ids:
             raise GenerationFailed("the prompt has no tokens")
+        key = prompt_key(ids, images)
         reused = 0
         if reuse_prefix and self.abi.has_keep_history:
-            reused = reusable_prefix(self.cached_ids, ids)
+            reused = reusable_prefix(self.cached_ids, key)
+            if reused and any(k < 0 for k in key[reused:]):
+                reused = 0  # a new image in the suffix: the multimodal input carries the whole prompt
             if not reused and self._kv_dirty:
                 self.clear_kv_cache()
             keep_history = True
         self.cached_ids = ()
-        send = ids[reused:]
-        array = (ctypes.c_int32 * len(send))(*send)
-        inp = self.abi.RKLLMInput()
-        inp.input_type = RKLLM_INPUT_TOKEN
-        inp.token_input.input_ids = array
-        inp.token_input.n_tokens = len(send)
-        result = self._generate(inp, array, len(ids), params, on_token, on_text, keep_history)
+        if images and not reused:
+            inp, keepalive = self._multimodal_input(images)
+        else:
+            send = key[reused:]
+            keepalive = (ctypes.c_int32 * len(send))(*send)
+            inp = self.abi.RKLLMInput()
+            inp.input_type = RKLLM_INPUT_TOKEN
+            inp.token_input.input_ids = keepalive
+            inp.token_input.n_tokens = len(send)
+        result = self._generate(inp, keepalive, len(key), params, on_token, on_text, keep_history)
         result.cached_tokens = reused
         if reuse_prefix and keep_history and self.last_stop_exact and result.finish_reason in ("stop", "length"):
-            self.cached_ids = tuple(ids) + tuple(self._last_delivered)
+            self.cached_ids = tuple(key) + tuple(self._last_delivered)
         return result
+
+    def _multimodal_input(self, images: ImagePrompt) -> tuple:
+        """The RKLLMInput of a prompt with images, and what must stay alive while the library reads it."""
+        first = images.images[0]
+        if any(im.embedding.shape != first.embedding.shape for im in images.images):
+            raise GenerationFailed(f"{self.spec.name}: the images' embeddings differ in shape")
+        if len(images.images) > 1 and not self.abi.has_n_image:
+            raise GenerationFailed(f"{self.spec.name}: RKLLM {self.abi.name} takes one image per prompt")
+        embed = np.ascontiguousarray(np.concatenate([im.embedding for im in images.images]), dtype=np.float32)
+        text = images.text.encode()
+        inp = self.abi.RKLLMInput()
+        inp.input_type = RKLLM_INPUT_MULTIMODAL
+        mm = inp.multimodal_input
+        mm.prompt = text
+        target = mm.image if hasattr(mm, "image") else mm  # 1.3 nests the image fields in a struct
+        target.image_embed = embed.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        target.n_image_tokens = first.n_tokens
+        if self.abi.has_n_image:
+            target.n_image = len(images.images)
+            target.image_width, target.image_height = first.width, first.height
+        if hasattr(target, "image_start"):
+            target.image_start, target.image_end, target.image_content = self._image_tags
+        return inp, (embed, text)
 
     def generate_prompt(self, prompt: str, params: GenerationParams, on_token: Callable[[int], None],
                         on_text: OnText | None = None, keep_history: bool = False, role: str = "user",

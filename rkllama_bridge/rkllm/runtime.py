@@ -18,6 +18,8 @@ from .model_file import inspect_model, version_mismatch
 
 log = logging.getLogger(__name__)
 
+MAX_IMAGES = 16  # images per prompt the bridge hands to one multimodal input (the settings cap it lower)
+
 class RKLLMRuntime(Runtime):
     """librkllmrt-backed runtime. ``lib_path``/``abi`` override ``RKLLM_LIB``/``RKLLM_ABI``; a run with no
     output for ``stall_timeout_s`` ends with an error."""
@@ -64,6 +66,17 @@ class RKLLMRuntime(Runtime):
         except RuntimeUnavailable:
             return frozenset()
         return SAMPLING_FIELDS - {"seed"} if abi.has_run_overrides else frozenset()
+
+    def max_images(self) -> int:
+        """RKLLM takes images through its multimodal input: one per prompt before 1.2.1, several after."""
+        try:
+            abi = self.library.abi
+        except RuntimeUnavailable:
+            return 0
+        return MAX_IMAGES if abi.has_n_image else 1
+
+    def no_images_reason(self) -> str:
+        return "the rkllm runtime cannot be used here (no library), so it takes no image"
 
     def load(self, spec: ModelSpec) -> RKLLMHandle:
         library = self.library

@@ -8,7 +8,8 @@ from typing import List, Optional
 from flask import Blueprint, jsonify, send_file
 
 from ..errors import BadRequest, ModelNotFound
-from ..params import messages_field, optional_bool, optional_str
+from ..image_prompts import from_token_ids
+from ..params import messages_field, ollama_images, optional_bool, optional_str
 from ..service import TokenEvent
 from ..store import validate_name
 from ..tokenizer import TOKENIZER_FILES
@@ -46,6 +47,14 @@ def _prompt_ids(body: dict) -> Optional[List[int]]:
     return None
 
 
+def _positions(body: dict) -> list:
+    positions = body.get("image_positions")
+    if not isinstance(positions, list):
+        raise BadRequest("'image_positions' (one index into prompt_token_ids per image) is required with 'images'",
+                         code="invalid_image_positions", param="image_positions")
+    return positions
+
+
 @bp.post("/v1/generate")
 def generate():
     body = json_body()
@@ -55,10 +64,20 @@ def generate():
     ignored = report_ignored(fields)
     name = svc.resolve_model(model_field(body, "model"))
     stored = svc.load(name).stored
+    images = ollama_images(body.get("images"), "images", "images")
     if ids is not None:
-        params = svc.params_for(stored, fields, len(ids))
+        prompt = None
+        if images:  # token ids with image positions: the client templated the conversation
+            encoded = svc.images.encode(stored, images, "images")
+            prompt = from_token_ids(stored, ids, _positions(body), encoded,
+                                    lambda part: stored.tokenizer.decode(part, skip_special_tokens=False))
+        params = svc.params_for(stored, fields, len(ids) + (prompt.n_image_tokens if prompt else 0),
+                                prompt.n_image_tokens if prompt else 0)
         generation = svc.start(name, ids, params, client_gone_probe(), keep_alive=svc.keep_alive_field(
-            body.get("keep_alive")))
+            body.get("keep_alive")), images=prompt)
+    elif images:
+        raise BadRequest("top-level 'images' go with 'prompt_token_ids' and 'image_positions'; with 'messages' "
+                         "put each message's images in it", code="invalid_image", param="images")
     else:
         generation, _ = start_chat(name, messages_field(body), fields, body)
 

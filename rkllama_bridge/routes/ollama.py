@@ -13,11 +13,12 @@ import time
 
 from flask import Blueprint, jsonify
 
+from rk_common.chat_images import IMAGE_MARK
 from rk_common.reply_shaping import REASONING, ReplyStream, shape_reply
 from rk_common.tool_calls import validate_tools
 
 from ..errors import BadRequest, PullUnsupported
-from ..params import messages_field, optional_bool, optional_str
+from ..params import messages_field, ollama_images, optional_bool, optional_str
 from .common import (
     client_gone_probe,
     collect,
@@ -309,6 +310,9 @@ def generate():
     svc = service()
     keep = body.get("keep_alive")
     report_ignored(fields)
+    images = ollama_images(body.get("images"), "images", "images")
+    if images and optional_bool(body, "raw", False):
+        raise BadRequest("'images' need the chat template: leave out 'raw'", code="invalid_image", param="images")
     if optional_bool(body, "raw", False):
         name = svc.resolve_model(model_field(body, "model"))
         stored = svc.load(name, svc.keep_alive_field(keep)).stored
@@ -317,6 +321,9 @@ def generate():
         generation = svc.start(name, prompt_ids, params, client_gone_probe(), keep_alive=svc.keep_alive_field(keep))
     else:
         messages = [{"role": "user", "content": prompt}]
+        if images:  # before the text, as Ollama puts them
+            messages[0] = {"role": "user", "content": IMAGE_MARK * len(images) + prompt.replace(IMAGE_MARK, ""),
+                           "images": images}
         system = optional_str(body, "system")
         if system:
             messages.insert(0, {"role": "system", "content": system})

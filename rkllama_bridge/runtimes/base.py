@@ -15,6 +15,12 @@ be reused (after an abort, an error, or an end that may have left unseen tokens 
 prompt evaluates only the new tokens (``GenerationResult.cached_tokens`` says how many it skipped);
 for any other prompt it clears its cache first. ``reuse_prefix=False`` always starts from an empty
 cache. The scheduler reads ``cached_ids`` to send a request to the handle that holds most of it.
+
+Images (vision-language models): ``generate(..., images=ImagePrompt)`` adds the vision encoder's output
+for each image at a position of ``prompt_ids``. For prefix reuse and the context budget an image counts
+as its ``n_tokens`` *key ids*: negative ids derived from the image's hash (:func:`image_key_ids`), so a
+cached prefix holds an image only if it is the same image. Only runtimes whose ``max_images`` is above 0
+accept images.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
 
 OnToken = Callable[[int], None]
 
@@ -38,6 +46,59 @@ def reusable_prefix(cached_ids: Sequence[int], prompt_ids: Sequence[int]) -> int
     if 0 < n < len(prompt_ids) and list(prompt_ids[:n]) == list(cached_ids):
         return n
     return 0
+
+
+@dataclass(frozen=True)
+class PromptImage:
+    """One image as the LLM takes it: the vision encoder's output ``embedding`` (float32, n_tokens x dim)
+    for the image whose bytes hash to ``digest``; ``width``/``height`` are the size the encoder saw."""
+
+    embedding: np.ndarray
+    digest: str
+    width: int
+    height: int
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.embedding.shape[0])
+
+
+@dataclass(frozen=True)
+class ImagePrompt:
+    """The images of a prompt: ``positions[i]`` is the index in the prompt's token ids before which image
+    ``i`` stands (ascending); ``text`` is the whole prompt as text with ``placeholder`` where each image
+    stands, for runtimes that take text and embeddings (RKLLM's multimodal input)."""
+
+    images: Tuple[PromptImage, ...]
+    positions: Tuple[int, ...]
+    text: str
+    placeholder: str = "<image>"
+
+    @property
+    def n_image_tokens(self) -> int:
+        return sum(im.n_tokens for im in self.images)
+
+
+def image_key_ids(image: PromptImage) -> Tuple[int, ...]:
+    """The ids an image stands for in a prefix-cache key: negative (no real token has them), derived from
+    the image's hash, one per image token."""
+    key = -1 - int(image.digest[:15], 16)
+    return (key,) * image.n_tokens
+
+
+def prompt_key(prompt_ids: Sequence[int], images: Optional[ImagePrompt]) -> List[int]:
+    """``prompt_ids`` with each image's key ids inserted at its position: what a KV cache holds after
+    evaluating the prompt, and what the context budget counts."""
+    if not images:
+        return list(prompt_ids)
+    out: List[int] = []
+    start = 0
+    for image, pos in zip(images.images, images.positions, strict=True):
+        out.extend(prompt_ids[start:pos])
+        out.extend(image_key_ids(image))
+        start = pos
+    out.extend(prompt_ids[start:])
+    return out
 
 
 class RuntimeError_(Exception):
@@ -116,7 +177,8 @@ class ModelHandle(abc.ABC):
     def generate(self, prompt_ids: Sequence[int], params: GenerationParams, on_token: OnToken,
                  reuse_prefix: bool = False) -> GenerationResult:
         """Run one generation; stop at an EOS id (not passed to ``on_token``), at max_new_tokens or on abort.
-        With ``reuse_prefix``, evaluate only what extends ``cached_ids`` (see the module docstring)."""
+        With ``reuse_prefix``, evaluate only what extends ``cached_ids`` (see the module docstring).
+        Handles of runtimes with ``max_images > 0`` also take ``images: ImagePrompt``."""
 
     @abc.abstractmethod
     def abort(self) -> None:
@@ -149,6 +211,14 @@ class Runtime(abc.ABC):
     name: str = "?"
     #: human-readable label shown by /health, e.g. "simulated RK3588 (qwen2.5-1.5b profile)"
     label: str = ""
+
+    def max_images(self) -> int:
+        """How many images one prompt may carry to this runtime's handles; 0: it has no image input."""
+        return 0
+
+    def no_images_reason(self) -> str:
+        """Why this runtime takes no image (shown in the 400 a request with images gets)."""
+        return f"the {self.name} runtime has no image input"
 
     @abc.abstractmethod
     def load(self, spec: ModelSpec) -> ModelHandle:

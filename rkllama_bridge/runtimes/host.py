@@ -30,6 +30,10 @@ REPEAT_WINDOW = 64  # tokens the repeat penalty looks back over, as llama.cpp's 
 class HostRuntime(Runtime):
     name = "host"
 
+    def no_images_reason(self) -> str:
+        return ("the host runtime (transformers on the CPU) has no vision model: it runs text models only; serve "
+                "a vision-language model (Modelfile VISION_ENCODER) with --runtime rkllm, or sim off the board")
+
     def __init__(self, threads: Optional[int] = None):
         self.threads = threads or os.cpu_count() or 1
         self.label = f"host CPU via transformers ({self.threads} threads)"

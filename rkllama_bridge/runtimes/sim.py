@@ -10,6 +10,7 @@ import math
 import shutil
 import threading
 import time
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -19,13 +20,17 @@ from ..tokenizer import TOKENIZER_FILES
 from .base import (
     GenerationParams,
     GenerationResult,
+    ImagePrompt,
     ModelHandle,
     ModelLoadError,
     ModelSpec,
     OnToken,
     Runtime,
+    prompt_key,
     reusable_prefix,
 )
+
+SIM_MAX_IMAGES = 16
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,10 @@ class SimRuntime(Runtime):
         """The profile's memory: what one loaded instance will take."""
         return self.profile.memory_mb
 
+    def max_images(self) -> int:
+        """The twin takes images (its reply then starts at an offset fixed by their embeddings)."""
+        return SIM_MAX_IMAGES
+
     def load(self, spec: ModelSpec) -> ModelHandle:
         reply_text = spec.options.get("SIM_REPLY", DEFAULT_REPLY)
         if self._tokenizer_for is None:
@@ -155,6 +164,7 @@ class SimHandle(ModelHandle):
         self._abort = threading.Event()
         self._closed = False
         self.cached_ids = ()
+        self._image_offset = 0
         self.trace: Optional[List[tuple]] = None  # when a list: (kind, start, end) of each simulated NPU step
         if census is not None:
             census.opened(spec.name)  # the load takes memory from its start, as on the board
@@ -177,10 +187,13 @@ class SimHandle(ModelHandle):
         return self._abort.wait(seconds) if seconds > 0 else self._abort.is_set()
 
     def generate(self, prompt_ids: Sequence[int], params: GenerationParams, on_token: OnToken,
-                 reuse_prefix: bool = False) -> GenerationResult:
+                 reuse_prefix: bool = False, images: Optional[ImagePrompt] = None) -> GenerationResult:
+        """Images count as their tokens (prefill, context, prefix key) and move where the reply starts."""
         if self._closed:
             raise ModelLoadError(f"{self.spec.name}: handle is closed")
         self._abort.clear()
+        self._image_offset = _embedding_offset(images)
+        prompt_ids = prompt_key(prompt_ids, images)
         reused = reusable_prefix(self.cached_ids, prompt_ids) if reuse_prefix else 0
         self.cached_ids = ()  # until this run ends exactly
         started = time.monotonic()
@@ -200,8 +213,9 @@ class SimHandle(ModelHandle):
     def _decode(self, prompt_ids: Sequence[int], params: GenerationParams, on_token: OnToken,
                 result: GenerationResult) -> List[int]:
         period = 1.0 / self.profile.decode_tok_s if self.profile.decode_tok_s > 0 else 0.0
-        # Deterministic: the reply starts at an offset fixed by the prompt and the seed.
+        # Deterministic: the reply starts at an offset fixed by the prompt and the seed (and the images).
         offset = (len(prompt_ids) + (params.seed or 0)) % len(self.reply_ids) if params.seed is not None else 0
+        offset = (offset + self._image_offset) % len(self.reply_ids)
         emitted: List[int] = []
         next_due = time.monotonic()
         while result.completion_tokens < params.max_new_tokens:
@@ -239,6 +253,16 @@ class SimHandle(ModelHandle):
         self._closed = True
         self.cached_ids = ()
         self._abort.set()
+
+
+def _embedding_offset(images: Optional[ImagePrompt]) -> int:
+    """A number fixed by the images' embeddings (0 without images), so two images give two replies."""
+    if not images:
+        return 0
+    crc = 0
+    for image in images.images:
+        crc = zlib.crc32(image.embedding.tobytes(), crc)
+    return 1 + crc % 9973
 
 
 def write_sim_model(root: Path, name: str, tokenizer_dir: Path, **modelfile) -> Path:

@@ -47,7 +47,8 @@ def test_the_chat_request_is_checked_field_by_field():
     assert req.max_tokens == 3 and req.stop == ("x",) and req.stream and req.include_usage
     for body, field in [({"messages": []}, "messages"), ({"max_tokens": 0}, "max_tokens"),
                         ({"messages": [{"role": "bot", "content": "a"}]}, "role"),
-                        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "text parts"),
+                        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "data URL"),
+                        ({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}, "image_url"),
                         ({"stream": "yes"}, "stream"), ({"seed": 2**64}, "seed")]:
         with pytest.raises(BadRequest, match=field):
             openai_chat.parse_chat_request({"messages": [{"role": "user", "content": "a"}], **body})

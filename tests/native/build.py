@@ -66,13 +66,14 @@ def build_stub(abi: str, version: str | None = None) -> Path:
 
 def stub_env(abi: str, reply_ids: Sequence[int] | None = None, *, version: str | None = None,
              delay_ms: int | None = None, error_after: int | None = None, record: os.PathLike | None = None,
-             init_fail: bool = False, force_abi: bool = False) -> dict:
+             init_fail: bool = False, force_abi: bool = False, embed_dim: int | None = None) -> dict:
     """Environment variables that make ``--runtime rkllm`` run on the stub built for ``abi``.
 
     ``reply_ids`` are the token ids every generation emits (default: the stub's fixed sequence);
     ``delay_ms`` is a per-token delay, ``error_after`` makes the stub report ERROR after n tokens,
     ``record`` is a JSONL file receiving one line per ``rkllm_run``. ``force_abi`` also sets
-    ``RKLLM_ABI`` (normally the ABI is detected from the library's embedded version string).
+    ``RKLLM_ABI`` (normally the ABI is detected from the library's embedded version string);
+    ``embed_dim`` is the floats per image token the stub reads from a multimodal input.
     """
     env = {"RKLLM_LIB": str(build_stub(abi, version))}
     if force_abi:
@@ -87,6 +88,8 @@ def stub_env(abi: str, reply_ids: Sequence[int] | None = None, *, version: str |
         env["RKLLM_STUB_RECORD"] = str(record)
     if init_fail:
         env["RKLLM_STUB_INIT_FAIL"] = "1"
+    if embed_dim is not None:
+        env["RKLLM_STUB_EMBED_DIM"] = str(int(embed_dim))
     return env
 
 

@@ -12,6 +12,7 @@
  *   RKLLM_STUB_ERROR_AFTER emit the ERROR state after this many tokens (default: never)
  *   RKLLM_STUB_RECORD      JSONL file; every rkllm_run / rkllm_clear_kv_cache appends what it received
  *   RKLLM_STUB_INIT_FAIL   if set, rkllm_init fails like a model the runtime refuses to load
+ *   RKLLM_STUB_EMBED_DIM   floats per image token of a multimodal input (the LLM's hidden size; default 8)
  * Tokens come from a worker pthread, as with the real library. rkllm_abort stops a run at the next
  * token; max_new_tokens (from RKLLMParam, or RKLLMInferParam in 1.3) caps the reply; returning 1 from
  * the (1.2.1+) callback pauses the run right after that token.
@@ -23,6 +24,12 @@
  *    "prompt": str|null, "mode", "keep_history": 0|1|null (1.1), "role", "enable_thinking" (1.2.1+),
  *    "infer_max_new_tokens", "sampling": {..}|null (1.3), "kv_len_before", "param": {RKLLMParam values}}
  *   {"event": "clear_kv_cache" | "destroy", "abi", "pid", "handle", "kv_len_before"}
+ * A multimodal run ("input_type": "multimodal") records its prompt and "image": {"n_image_tokens",
+ * "n_image", "image_width", "image_height" (1.2.1+), "image_start"/"image_end"/"image_content" (1.3; before
+ * 1.3 they are RKLLMParam's img_*, recorded in "param"), "embed_floats", "embed_fnv1a" (FNV-1a of the
+ * embedding's bytes, hex), "embed_sum"}. Its reply is the configured tokens in an order shuffled by that
+ * checksum, so two different embeddings give two different replies and the same one the same reply.
+ * A multimodal input takes strlen(prompt) + n_image * n_image_tokens positions of the KV cache.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -505,6 +512,7 @@ typedef struct {
     int keep_history;
     int32_t max_new_tokens;
     int paused;
+    uint64_t embed_fnv1a; /* multimodal: checksum of the image embedding, 0 otherwise */
 } Job;
 
 typedef struct {
@@ -527,6 +535,7 @@ typedef struct {
     long delay_ms;
     long error_after;
     char* record_path;
+    long embed_dim;
 } Stub;
 
 static void stub_log(const char* fmt, ...) {
@@ -634,7 +643,76 @@ static void record_params(Str* r, const RKLLMParam* p) {
 #if RKLLM_ABI >= 130
     str_add(r, "\"ignore_eos_token\": %s, ", p->ignore_eos_token ? "true" : "false");
 #endif
+#if RKLLM_ABI < 130
+    str_add(r, "\"img_start\": ");
+    str_json_string(r, p->img_start);
+    str_add(r, ", \"img_end\": ");
+    str_json_string(r, p->img_end);
+    str_add(r, ", \"img_content\": ");
+    str_json_string(r, p->img_content);
+    str_add(r, ", ");
+#endif
     str_add(r, "\"base_domain_id\": %d}", p->extend_param.base_domain_id);
+}
+
+/* The image part of a multimodal input, per release. */
+typedef struct {
+    const float* embed;
+    size_t n_image_tokens, n_image, width, height;
+} ImageView;
+
+static ImageView image_view(const RKLLMMultiModalInput* m) {
+    ImageView v = {0};
+#if RKLLM_ABI >= 130
+    v.embed = m->image.image_embed;
+    v.n_image_tokens = m->image.n_image_tokens;
+    v.n_image = m->image.n_image;
+    v.width = m->image.image_width;
+    v.height = m->image.image_height;
+#else
+    v.embed = m->image_embed;
+    v.n_image_tokens = m->n_image_tokens;
+#if RKLLM_ABI >= 121
+    v.n_image = m->n_image;
+    v.width = m->image_width;
+    v.height = m->image_height;
+#else
+    v.n_image = 1; /* one image per input before 1.2.1 */
+#endif
+#endif
+    return v;
+}
+
+static size_t image_floats(const Stub* s, ImageView v) { return v.n_image * v.n_image_tokens * (size_t)s->embed_dim; }
+
+static uint64_t fnv1a(const void* data, size_t n) {
+    uint64_t h = 1469598103934665603ULL;
+    const unsigned char* p = data;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static void record_image(Str* r, const Stub* s, const RKLLMMultiModalInput* m) {
+    ImageView v = image_view(m);
+    size_t n = v.embed ? image_floats(s, v) : 0;
+    double sum = 0.0;
+    for (size_t i = 0; i < n; i++) sum += v.embed[i];
+    str_add(r, ", \"image\": {\"n_image_tokens\": %zu, \"n_image\": %zu, \"image_width\": %zu, "
+            "\"image_height\": %zu, \"embed_floats\": %zu, \"embed_fnv1a\": \"%016llx\", \"embed_sum\": %.9g",
+            v.n_image_tokens, v.n_image, v.width, v.height, n,
+            (unsigned long long)(v.embed ? fnv1a(v.embed, n * sizeof(float)) : 0), sum);
+#if RKLLM_ABI >= 130
+    str_add(r, ", \"image_start\": ");
+    str_json_string(r, m->image.image_start);
+    str_add(r, ", \"image_end\": ");
+    str_json_string(r, m->image.image_end);
+    str_add(r, ", \"image_content\": ");
+    str_json_string(r, m->image.image_content);
+#endif
+    str_add(r, "}");
 }
 
 static void record_run(Stub* s, const RKLLMInput* in, const RKLLMInferParam* ip, long kv_before) {
@@ -655,7 +733,9 @@ static void record_run(Stub* s, const RKLLMInput* in, const RKLLMInferParam* ip,
         str_add(&r, "null");
     }
     str_add(&r, ", \"prompt\": ");
-    str_json_string(&r, t == RKLLM_INPUT_PROMPT ? in->prompt_input : NULL);
+    str_json_string(&r, t == RKLLM_INPUT_PROMPT ? in->prompt_input
+                        : t == RKLLM_INPUT_MULTIMODAL ? in->multimodal_input.prompt : NULL);
+    if (t == RKLLM_INPUT_MULTIMODAL) record_image(&r, s, &in->multimodal_input);
 #if RKLLM_ABI >= 121
     str_add(&r, ", \"role\": ");
     str_json_string(&r, in->role);
@@ -731,6 +811,19 @@ static void* worker_main(void* arg) {
     if (job->max_new_tokens > 0 && (size_t)job->max_new_tokens < limit) limit = (size_t)job->max_new_tokens;
     bool stopped = false;
     size_t produced = 0;
+    size_t* order = malloc((s->n_reply ? s->n_reply : 1) * sizeof(size_t));
+    for (size_t i = 0; i < s->n_reply; i++) order[i] = i;
+    if (job->embed_fnv1a) { /* the reply depends on the image: a Fisher-Yates shuffle seeded by its checksum */
+        uint64_t x = job->embed_fnv1a;
+        for (size_t i = s->n_reply; i > 1; i--) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            size_t j = (size_t)(x % i), tmp = order[i - 1];
+            order[i - 1] = order[j];
+            order[j] = tmp;
+        }
+    }
     for (size_t i = 0; i < limit && !stopped; i++) {
         pthread_mutex_lock(&s->mu);
         bool aborted = s->delay_ms > 0 ? wait_abortable(s, s->delay_ms) : s->abort_requested;
@@ -746,9 +839,10 @@ static void* worker_main(void* arg) {
             break;
         }
         memset(&result, 0, sizeof(result));
-        snprintf(text, sizeof(text), "<%d>", s->reply[i]);
+        int32_t token = s->reply[order[i]];
+        snprintf(text, sizeof(text), "<%d>", token);
         result.text = text;
-        result.token_id = s->reply[i];
+        result.token_id = token;
         int ret = deliver(s, &result, RKLLM_RUN_NORMAL);
         produced++;
         s->kv_len++;
@@ -769,6 +863,7 @@ static void* worker_main(void* arg) {
 #endif
         deliver(s, &result, RKLLM_RUN_FINISH);
     }
+    free(order);
     pthread_mutex_lock(&s->mu);
     s->running = false;
     pthread_cond_broadcast(&s->cv);
@@ -830,6 +925,7 @@ static int init_common(LLMHandle* handle, RKLLMParam* param, LLMResultCallback c
     parse_reply(s, getenv("RKLLM_STUB_REPLY_IDS"));
     s->delay_ms = env_long("RKLLM_STUB_DELAY_MS", 0);
     s->error_after = env_long("RKLLM_STUB_ERROR_AFTER", -1);
+    s->embed_dim = env_long("RKLLM_STUB_EMBED_DIM", 8);
     const char* rec = getenv("RKLLM_STUB_RECORD");
     s->record_path = (rec && *rec) ? strdup(rec) : NULL;
     *handle = s;
@@ -877,8 +973,18 @@ static int start_run(Stub* s, RKLLMInput* in, RKLLMInferParam* ip, void* userdat
         if (job->n_ids) memcpy(job->ids, in->token_input.input_ids, job->n_ids * sizeof(int32_t));
     } else if (in->input_type == RKLLM_INPUT_PROMPT) {
         job->n_ids = in->prompt_input ? strlen(in->prompt_input) : 0;  /* one "token" per byte */
+    } else if (in->input_type == RKLLM_INPUT_MULTIMODAL) {
+        const RKLLMMultiModalInput* m = &in->multimodal_input;
+        ImageView v = image_view(m);
+        if (m->prompt == NULL || v.embed == NULL || v.n_image == 0 || v.n_image_tokens == 0) {
+            stub_log("E rkllm: multimodal input without prompt or image embedding\n");
+            return -1;
+        }
+        job->n_ids = strlen(m->prompt) + v.n_image * v.n_image_tokens;
+        job->embed_fnv1a = fnv1a(v.embed, image_floats(s, v) * sizeof(float));
+        if (job->embed_fnv1a == 0) job->embed_fnv1a = 1;
     } else {
-        stub_log("E rkllm: the stub only implements prompt and token input\n");
+        stub_log("E rkllm: the stub implements prompt, token and multimodal input, not embed\n");
         return -1;
     }
 #if RKLLM_ABI >= 120

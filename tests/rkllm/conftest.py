@@ -17,7 +17,7 @@ from ..native.build import build_stub, stub_env, write_stub_model
 
 EOS = 2
 STUB_ENV_KEYS = ("RKLLM_LIB", "RKLLM_ABI", "RKLLM_STUB_REPLY_IDS", "RKLLM_STUB_DELAY_MS", "RKLLM_STUB_ERROR_AFTER",
-                 "RKLLM_STUB_RECORD", "RKLLM_STUB_INIT_FAIL")
+                 "RKLLM_STUB_RECORD", "RKLLM_STUB_INIT_FAIL", "RKLLM_STUB_EMBED_DIM")
 
 
 def pytest_collection_modifyitems(items):
