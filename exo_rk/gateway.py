@@ -28,7 +28,7 @@ from exo_rk.compat import full_shard
 from exo_rk.detok import TextStream
 from exo_rk.engine import STATE_MESSAGES, STATE_PARAMS, RKLLMInferenceEngine
 from exo_rk.gateway_body import install_workers, read_json, run_cpu
-from exo_rk.gateway_context import DEFAULT_MODEL_KEY, ENGINE_KEY, bridge_error, request_id
+from exo_rk.gateway_context import DEFAULT_MODEL_KEY, ENGINE_KEY, LIFECYCLE_KEY, Lifecycle, bridge_error, request_id
 from exo_rk.gateway_images import handle_image_generations
 from exo_rk.openapi import handle_openapi
 from exo_rk.prompt_limits import check_context, check_prompt_chars
@@ -47,8 +47,10 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 class Completion:
     """One chat completion: started (first token in hand) by ``start``, then iterated for text deltas."""
 
-    def __init__(self, engine: RKLLMInferenceEngine, req: ChatRequest, model: str, *, request_id: str):
+    def __init__(self, engine: RKLLMInferenceEngine, req: ChatRequest, model: str, *, request_id: str,
+                 lifecycle: Optional[Lifecycle] = None):
         self.engine = engine
+        self.lifecycle = lifecycle or Lifecycle()
         self.req = req
         self.model = model
         self.opened = False  # the prompt leaves the model inside a <think> block
@@ -112,6 +114,9 @@ class Completion:
                 if self.req.max_tokens is not None and self.completion_tokens >= self.req.max_tokens:
                     self.finish_reason = "length"
                     break
+                if self.lifecycle.cut:  # the gateway is stopping and the grace period is over
+                    self.finish_reason = "shutdown"
+                    break
                 self._result, self._state = await engine.infer_tensor(
                     self.request_id, self.shard, np.asarray(token).reshape(1, -1), self._state
                 )
@@ -141,6 +146,18 @@ class Completion:
 
 
 async def handle_chat(request: web.Request) -> web.StreamResponse:
+    lifecycle = request.app[LIFECYCLE_KEY]
+    if lifecycle.stopping:
+        raise ApiError("the gateway is stopping; retry on another one", status=503, code="shutting_down",
+                       headers={"Retry-After": "1"})
+    lifecycle.active += 1
+    try:
+        return await _chat(request, lifecycle)
+    finally:
+        lifecycle.active -= 1
+
+
+async def _chat(request: web.Request, lifecycle: Lifecycle) -> web.StreamResponse:
     engine = request.app[ENGINE_KEY]
     req = parse_chat_request(await read_json(request))
     check_prompt_chars(req, engine.settings.max_prompt_chars)
@@ -149,7 +166,7 @@ async def handle_chat(request: web.Request) -> web.StreamResponse:
     try:
         if model not in engine.cards:
             await engine.discover_models()  # a bridge model without a card gets one
-        completion = Completion(engine, req, model, request_id=rid)
+        completion = Completion(engine, req, model, request_id=rid, lifecycle=lifecycle)
         await completion.start(request.app)
     except errors.UnknownModel as exc:
         raise ApiError(str(exc), status=404, code="model_not_found") from None
@@ -230,6 +247,25 @@ async def handle_health(request: web.Request) -> web.Response:
     )
 
 
+async def handle_ready(request: web.Request) -> web.Response:
+    """Readiness, for probes: 200 once a bridge answers, 503 while none does yet or while stopping."""
+    state = "stopping" if request.app[LIFECYCLE_KEY].stopping else await _bridges_state(request.app[ENGINE_KEY])
+    return web.json_response({"status": state}, status=200 if state == "ready" else 503)
+
+
+async def _bridges_state(engine: RKLLMInferenceEngine) -> str:
+    backend = engine.backend
+    bridges = getattr(backend, "bridges", None)
+    try:
+        if bridges is not None:
+            await backend._ensure_started()
+            return "ready" if any(b["healthy"] for b in bridges()) else "loading"
+        await backend.health()
+        return "ready"
+    except errors.BridgeError:
+        return "loading"
+
+
 async def handle_metrics(request: web.Request) -> web.Response:
     """Prometheus text of the bridge pool (per-bridge outstanding, errors, ejections); empty for one bridge."""
     render = getattr(request.app[ENGINE_KEY].backend, "metrics_text", None)
@@ -250,11 +286,13 @@ def create_app(
     install_workers(app)
     app[ENGINE_KEY] = engine
     app[DEFAULT_MODEL_KEY] = default_model
+    app[LIFECYCLE_KEY] = Lifecycle()
     app.router.add_post("/v1/chat/completions", handle_chat)
     app.router.add_post("/chat/completions", handle_chat)
     app.router.add_get("/v1/models", handle_models)
     app.router.add_post("/v1/images/generations", handle_image_generations)
     app.router.add_get("/health", handle_health)
+    app.router.add_get("/health/ready", handle_ready)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/openapi.json", handle_openapi)
 
