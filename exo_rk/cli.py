@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -14,11 +16,13 @@ from aiohttp import web
 
 from exo_rk.engine import RKLLMInferenceEngine
 from exo_rk.gateway import create_app
+from exo_rk.gateway_context import LIFECYCLE_KEY
 from exo_rk.gateway_server import GatewayRunner
 from exo_rk.settings import PROGRAM, Settings
 from rk_common.settings import SettingsError, cli_error
 
 log = logging.getLogger("exo_rk")
+CUT_WAIT_S = 10.0  # after the cut: time for the cut replies' last lines to be written
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +46,9 @@ async def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and not api_token:
         log.warning("binding %s without --api-token: anyone on the network can use this gateway", host)
     engine = RKLLMInferenceEngine(None, settings=settings)
-    runner = GatewayRunner(create_app(engine, default_model, api_token))
+    app = create_app(engine, default_model, api_token)
+    # aiohttp's own wait for open connections, after ours below: short, everything is done or cut by then
+    runner = GatewayRunner(app, shutdown_timeout=CUT_WAIT_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -62,11 +68,43 @@ async def serve(
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, _on_signal, stop, sig)
     try:
         await stop.wait()
+        await drain(app, runner, settings.shutdown_grace)
     finally:
         await runner.cleanup()
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if stop.is_set():
+        log.warning("second signal (%s): exiting now", sig.name)
+        logging.shutdown()
+        os._exit(1)
+    stop.set()
+
+
+async def drain(app: web.Application, runner: web.AppRunner, grace_s: float) -> None:
+    """Stop accepting, let the running chats finish within ``grace_s``, then cut them (finish "shutdown")."""
+    lifecycle = app[LIFECYCLE_KEY]
+    lifecycle.stopping = True
+    for site in list(runner.sites):
+        await site.stop()
+    log.info("stopping: not accepting new requests; %d in progress get up to %g s to finish", lifecycle.active,
+             grace_s)
+    if not await _idle(lifecycle, grace_s):
+        log.warning("%d requests still running after the %g s grace period: ending them", lifecycle.active, grace_s)
+        lifecycle.cut = True
+        await _idle(lifecycle, CUT_WAIT_S)
+
+
+async def _idle(lifecycle, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while lifecycle.active:
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 
@@ -29,7 +30,7 @@ from exo_rk.compat import full_shard
 from exo_rk.detok import TextStream
 from exo_rk.engine import STATE_IMAGES, STATE_MESSAGES, STATE_PARAMS, RKLLMInferenceEngine
 from exo_rk.gateway_body import install_workers, read_json, run_cpu
-from exo_rk.gateway_context import DEFAULT_MODEL_KEY, ENGINE_KEY, bridge_error, request_id
+from exo_rk.gateway_context import DEFAULT_MODEL_KEY, ENGINE_KEY, LIFECYCLE_KEY, Lifecycle, bridge_error, request_id
 from exo_rk.gateway_images import handle_image_generations
 from exo_rk.openapi import handle_openapi
 from exo_rk.prompt_limits import check_context, check_prompt_chars
@@ -57,8 +58,10 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 class Completion:
     """One chat completion: started (first token in hand) by ``start``, then iterated for text deltas."""
 
-    def __init__(self, engine: RKLLMInferenceEngine, req: ChatRequest, model: str, *, request_id: str):
+    def __init__(self, engine: RKLLMInferenceEngine, req: ChatRequest, model: str, *, request_id: str,
+                 lifecycle: Optional[Lifecycle] = None):
         self.engine = engine
+        self.lifecycle = lifecycle or Lifecycle()
         self.req = req
         self.model = model
         self.opened = False  # the prompt leaves the model inside a <think> block
@@ -142,6 +145,9 @@ class Completion:
                 if self.req.max_tokens is not None and self.completion_tokens >= self.req.max_tokens:
                     self.finish_reason = "length"
                     break
+                if self.lifecycle.cut:  # the gateway is stopping and the grace period is over
+                    self.finish_reason = "shutdown"
+                    break
                 self._result, self._state = await engine.infer_tensor(
                     self.request_id, self.shard, np.asarray(token).reshape(1, -1), self._state
                 )
@@ -185,13 +191,29 @@ class TextCompletion(Completion):
     takes messages only, gets it as one user turn)."""
 
     def __init__(self, engine: RKLLMInferenceEngine, req: ChatRequest, model: str, prompt: str, *,
-                 request_id: str):
-        super().__init__(engine, req, model, request_id=request_id)
+                 request_id: str, lifecycle: Optional[Lifecycle] = None):
+        super().__init__(engine, req, model, request_id=request_id, lifecycle=lifecycle)
         self.raw_prompt = prompt
 
     def _prompt(self, tokenizer: Any) -> Tuple[List[Dict[str, Any]], str, List[int]]:
         return [{"role": "user", "content": self.raw_prompt}], self.raw_prompt, encode_prompt(tokenizer,
                                                                                             self.raw_prompt)
+
+
+def _counted(handler):
+    """A stopping gateway turns new requests away; running ones are counted for the graceful stop."""
+    @functools.wraps(handler)
+    async def counted(request: web.Request) -> web.StreamResponse:
+        lifecycle = request.app[LIFECYCLE_KEY]
+        if lifecycle.stopping:
+            raise ApiError("the gateway is stopping; retry on another one", status=503, code="shutting_down",
+                           headers={"Retry-After": "1"})
+        lifecycle.active += 1
+        try:
+            return await handler(request)
+        finally:
+            lifecycle.active -= 1
+    return counted
 
 
 async def _started(request: web.Request, req: ChatRequest, make) -> Completion:
@@ -202,7 +224,7 @@ async def _started(request: web.Request, req: ChatRequest, make) -> Completion:
     try:
         if model not in engine.cards:
             await engine.discover_models()  # a bridge model without a card gets one
-        completion = make(engine, model, rid)
+        completion = make(engine, model, rid, request.app[LIFECYCLE_KEY])
         await completion.start(request.app)
     except errors.UnknownModel as exc:
         raise ApiError(str(exc), status=404, code="model_not_found") from None
@@ -211,11 +233,12 @@ async def _started(request: web.Request, req: ChatRequest, make) -> Completion:
     return completion
 
 
+@_counted
 async def handle_completions(request: web.Request) -> web.StreamResponse:
     """OpenAI's legacy ``/v1/completions``: the prompt as it is, the text back whole or as SSE chunks."""
     prompt, req = parse_completion_request(await read_json(request))
-    completion = await _started(request, req, lambda engine, model, rid: TextCompletion(
-        engine, req, model, prompt, request_id=rid))
+    completion = await _started(request, req, lambda engine, model, rid, lifecycle: TextCompletion(
+        engine, req, model, prompt, request_id=rid, lifecycle=lifecycle))
     reply = TextCompletionReply(completion.model, completion_id=f"cmpl-{completion.request_id}")
     if not req.stream:
         text = "".join([delta async for delta in completion.deltas()])
@@ -239,10 +262,11 @@ async def handle_completions(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@_counted
 async def handle_chat(request: web.Request) -> web.StreamResponse:
     req = parse_chat_request(await read_json(request))
-    completion = await _started(request, req, lambda engine, model, rid: Completion(
-        engine, req, model, request_id=rid))
+    completion = await _started(request, req, lambda engine, model, rid, lifecycle: Completion(
+        engine, req, model, request_id=rid, lifecycle=lifecycle))
     model = completion.model
     reply = ChatReply(model, tools=bool(req.tools), opened=completion.opened, include_usage=req.include_usage,
                       completion_id=f"chatcmpl-{completion.request_id}")
@@ -319,6 +343,25 @@ async def handle_health(request: web.Request) -> web.Response:
     )
 
 
+async def handle_ready(request: web.Request) -> web.Response:
+    """Readiness, for probes: 200 once a bridge answers, 503 while none does yet or while stopping."""
+    state = "stopping" if request.app[LIFECYCLE_KEY].stopping else await _bridges_state(request.app[ENGINE_KEY])
+    return web.json_response({"status": state}, status=200 if state == "ready" else 503)
+
+
+async def _bridges_state(engine: RKLLMInferenceEngine) -> str:
+    backend = engine.backend
+    bridges = getattr(backend, "bridges", None)
+    try:
+        if bridges is not None:
+            await backend._ensure_started()
+            return "ready" if any(b["healthy"] for b in bridges()) else "loading"
+        await backend.health()
+        return "ready"
+    except errors.BridgeError:
+        return "loading"
+
+
 async def handle_metrics(request: web.Request) -> web.Response:
     """Prometheus text of the bridge pool (per-bridge outstanding, errors, ejections); empty for one bridge."""
     render = getattr(request.app[ENGINE_KEY].backend, "metrics_text", None)
@@ -339,12 +382,14 @@ def create_app(
     install_workers(app)
     app[ENGINE_KEY] = engine
     app[DEFAULT_MODEL_KEY] = default_model
+    app[LIFECYCLE_KEY] = Lifecycle()
     app.router.add_post("/v1/chat/completions", handle_chat)
     app.router.add_post("/chat/completions", handle_chat)
     app.router.add_post("/v1/completions", handle_completions)
     app.router.add_get("/v1/models", handle_models)
     app.router.add_post("/v1/images/generations", handle_image_generations)
     app.router.add_get("/health", handle_health)
+    app.router.add_get("/health/ready", handle_ready)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/openapi.json", handle_openapi)
 

@@ -17,8 +17,19 @@ from rk_common.errors import ApiError
 
 log = logging.getLogger("exo_rk.gateway")
 
+class Lifecycle:
+    """The gateway's stop state: ``stopping`` turns new chats away (503), ``cut`` ends running replies at
+    their next token (finish "shutdown"); ``active`` counts the chats in progress."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.cut = False
+        self.active = 0
+
+
 ENGINE_KEY = web.AppKey("engine", RKLLMInferenceEngine)
 DEFAULT_MODEL_KEY = web.AppKey("default_model", str)
+LIFECYCLE_KEY = web.AppKey("lifecycle", Lifecycle)
 
 
 def request_id(request: web.Request) -> str:

@@ -42,6 +42,10 @@ def build_spec() -> Dict[str, Any]:
             IMAGE_BODY, error=OPENAI_ERROR)},
         "/health": {"get": op("liveness (open without the token)", {JSON: obj(("status",), status={
             "type": "string"})}, error=OPENAI_ERROR)},
+        "/health/ready": {"get": op("readiness (open without the token): 200 once a bridge answers, 503 while "
+                                    "none does yet (loading) or while stopping", {JSON: obj(("status",), status={
+                                        "type": "string", "enum": ["ready", "loading", "stopping"]})},
+                                    error=OPENAI_ERROR)},
         "/metrics": {"get": op("Prometheus text of the bridge pool", {"text/plain": {"type": "string"}},
                                error=OPENAI_ERROR)},
         "/openapi.json": {"get": op("this document", {JSON: {"type": "object"}}, error=OPENAI_ERROR)},

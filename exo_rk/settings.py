@@ -161,6 +161,10 @@ class Settings:
     api_token: Optional[str] = setting(None, "exo-rk serve: bearer token clients must send on every route but "
                                        "/health")
     default_model: str = setting(DEFAULT_MODEL_ID, "exo-rk serve: model used when a request names none")
+    shutdown_grace: float = setting(30.0, "exo-rk serve: seconds a SIGTERM/SIGINT leaves running replies to finish "
+                                    "(new ones get 503) before they are cut with finish 'length'; a second "
+                                    "signal exits at once", minimum=0,
+                                    why="Kubernetes' default terminationGracePeriodSeconds")
     log_level: str = setting("INFO", "exo-rk serve: logging level")
 
     def __post_init__(self) -> None:

@@ -112,9 +112,12 @@ async def load_tokenizer(hf_repo: str, local_dir: Path) -> Any:
 
 
 def _auto_tokenizer(local_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(local_dir), local_files_only=True)
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:  # the core install: the same files through `tokenizers` and Jinja
+        tokenizer = TemplatingTokenizer(local_dir)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(local_dir), local_files_only=True)
     if getattr(tokenizer, "eos_token_id", None) is None:
         raise errors.BridgeProtocolError(f"tokenizer in {local_dir} has no eos token")
     return tokenizer
@@ -134,3 +137,28 @@ def eos_token_id(tokenizer: Any) -> Optional[int]:
     if isinstance(eos, (list, tuple)):
         eos = eos[0] if eos else None
     return int(eos) if eos is not None else None
+
+
+class TemplatingTokenizer:
+    """The part of transformers' tokenizer API the gateway and the engine use (``encode``, ``decode``,
+    ``apply_chat_template``, ``eos_token_id``, ``chat_template``), over the bridge's own tokenizer: a node
+    without transformers templates and decodes exactly as the bridge does."""
+
+    def __init__(self, local_dir: Path):
+        from rkllama_bridge.tokenizer import ChatTokenizer  # tokenizers + jinja2 only
+
+        self._tok = ChatTokenizer(local_dir)
+        self.chat_template = self._tok.chat_template
+        self.eos_token = self._tok.eos_token
+        self.eos_token_id = self._tok.eos_token_ids[0] if self._tok.eos_token_ids else None
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> List[int]:
+        return self._tok.encode(text)
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages, tokenize: bool = True, add_generation_prompt: bool = False,
+                            tools=None, **extra):
+        text = self._tok.render_chat(messages, add_generation_prompt=add_generation_prompt, tools=tools, **extra)
+        return self.encode(text) if tokenize else text

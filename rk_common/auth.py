@@ -7,7 +7,8 @@ from typing import Iterable, Optional
 
 from .errors import Unauthorized
 
-OPEN_PATHS = ("/health",)  # liveness stays reachable for load balancers without the token
+# liveness and readiness stay reachable for load balancers and probes without the token
+OPEN_PATHS = ("/health", "/health/ready")
 
 
 class BearerAuth:

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
+from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_BODY_TIMEOUT_S = 60.0
 DEFAULT_MAX_CONNECTIONS = 500
-OPS_PATHS = ("/health", "/metrics")
+OPS_PATHS = ("/health", "/metrics")  # /health/ready included
 RETRY_AFTER_S = "1"
 
 _CODES = {400: "bad_request", 408: "request_timeout", 413: "payload_too_large", 429: "queue_full",
@@ -250,9 +251,38 @@ class FrontServer(TcpWSGIServer):
                 channel.will_close = True
             channel.close_when_flushed = True
 
+    # -- stopping -------------------------------------------------------------------------------------
+
+    _draining = False
+    _stop_requested = False
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket at the loop's next turn (from any thread): new connections are refused,
+        the open ones keep being served."""
+        self._draining = True
+        self.pull_trigger()
+
+    def request_stop(self) -> None:
+        """End ``run()`` at the loop's next turn (from any thread)."""
+        self._stop_requested = True
+        self.pull_trigger()
+
+    def busy_channels(self) -> int:
+        """Connections with a request in progress or a reply not yet flushed."""
+        return sum(1 for ch in list(self.active_channels.values()) if ch.requests or ch.total_outbufs_len)
+
     def run(self) -> None:
+        """Serve until ``request_stop()``. Signals are the caller's business: nothing here turns one into an
+        exception in the middle of joining threads."""
         try:
-            super().run()
+            while self._map and not self._stop_requested:
+                if self._draining and self.accepting:
+                    self.accepting = False
+                    wasyncore.dispatcher.close(self)  # the listening socket only; the trigger stays
+                wasyncore.loop(timeout=self.adj.asyncore_loop_timeout, map=self._map,
+                               use_poll=self.adj.asyncore_use_poll, count=1)
+        except (SystemExit, KeyboardInterrupt):  # a caller whose signal handler raises, as waitress allows
+            self.task_dispatcher.shutdown()
         finally:
             for pool in self._lanes:
                 pool.dispatcher.shutdown()

@@ -40,8 +40,9 @@ NUMBERS: Dict[str, Number] = {
 }
 
 # How a generation ended (the runtimes' and the bridge stream's words) -> OpenAI's finish_reason.
-# "timeout" and "length" both mean the reply is incomplete; "abort" is a stop the server chose.
-FINISH_REASONS = {"stop": "stop", "length": "length", "timeout": "length", "abort": "stop",
+# "timeout", "shutdown" (cut by a server stopping) and "length" all mean the reply is incomplete; "abort" is a
+# stop the server chose.
+FINISH_REASONS = {"stop": "stop", "length": "length", "timeout": "length", "shutdown": "length", "abort": "stop",
                   "cancelled": "stop", "error": "error", "tool_calls": "tool_calls"}
 
 

@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
-OPEN_ROUTES = frozenset({("get", "/health")})
+OPEN_ROUTES = frozenset({("get", "/health"), ("get", "/health/ready")})
 
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],
@@ -68,5 +68,5 @@ def document(title: str, version: str, description: str, paths: Dict[str, Dict[s
 
 def auth_description(what: str, error_fields: str = "\"code\", \"message\"") -> str:
     """The documents' shared description: what the service does, auth and the error shape."""
-    return (f"{what} With a token set, every route except GET /health (this document included) needs "
+    return (f"{what} With a token set, every route except GET /health and /health/ready (this document included) needs "
             f"'Authorization: Bearer <token>'; errors are {{\"error\": {{{error_fields}}}}}.")

@@ -102,6 +102,9 @@ class BridgeConfig:
                                     why="a slowloris client resets no timer: 10 s is ample for any real client")
     max_connections: int = setting(500, "open connections beyond which a new one gets a JSON 503 with Retry-After",
                                    minimum=1, why="well above the threads: idle keep-alive clients hold one each")
+    shutdown_grace: float = setting(30.0, "seconds a SIGTERM/SIGINT leaves running replies to finish (new ones get "
+                                    "503) before they are cut with finish 'shutdown'; a second signal exits at "
+                                    "once", minimum=0, why="Kubernetes' default terminationGracePeriodSeconds")
     log_level: str = setting("INFO", "logging level", aliases=("RKLLAMA_BRIDGE_LOG",))
     sr: SRConfig = section(_bridge_sr, "sr_")
     generate: GenConfig = section(GenConfig, "image_")

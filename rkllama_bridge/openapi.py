@@ -23,6 +23,7 @@ IMAGE_BLUEPRINT = "text_to_image"  # registered when the image routes are mounte
 IMAGE_PREFIX = "/image"  # where server.mount_images puts them (image_engine.app.mount_image_routes' default)
 
 MODEL_NAME = {"type": "string", "minLength": 1, "maxLength": 128}
+READINESS = ("ready", "loading", "stopping")
 INTEGER = {"type": "integer"}
 BASE64_IMAGES = {"type": "array", "items": {"type": "string", "format": "byte"}}
 # Ollama's messages may carry their images (base64) beside the content
@@ -121,7 +122,10 @@ def _paths() -> Dict[str, Dict[str, Any]]:
         "/v1/models/{name}/tokenizer/{fname}": {"get": op("one tokenizer file", {
             "application/octet-stream": {"type": "string", "format": "binary"}}, params=("name", "fname"))},
         "/health": {"get": op("liveness (open without the token)", {JSON: obj(
-            ("status", "models"), status={"type": "string", "enum": ["ok"]}, models={"type": "array"})})},
+            ("status", "models"), status={"type": "string", "enum": ["ok"]}, models={"type": "array"},
+            readiness={"type": "string", "enum": list(READINESS)})})},
+        "/health/ready": {"get": op("readiness (open without the token): 200 ready, 503 loading or stopping",
+                                    {JSON: obj(("status",), status={"type": "string", "enum": list(READINESS)})})},
         "/metrics": {"get": op("Prometheus metrics", {"text/plain": {"type": "string"}})},
         "/openapi.json": {"get": op("this document", {JSON: ANY_OBJECT})},
     }

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
 from rk_common.chat_images import ImageLimits
+from rk_common.graceful import GracefulStop
 
 from .app import create_app
 from .config import BridgeConfig, warn_ignored_image_names
 from .default_model import DEFAULT_MODEL_NAME, ensure_default_model
 from .errors import BadRequest
 from .lifecycle import DEFAULT_KEEP_ALIVE_S, default_state_path, parse_keep_alive
-from .runtimes import create_runtime
+from .runtimes import RuntimeUnavailable, create_runtime, require_host_extra
 from .service import BridgeService, ServiceOptions
 from .store import ModelStore
 
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 def build_service(config: BridgeConfig) -> BridgeService:
     default_model: Optional[str] = None
     if config.models_dir is None:
+        require_host_extra("the embedded default model (no --models directory given)")
         root = ensure_default_model().parent
         default_model = DEFAULT_MODEL_NAME
     else:
@@ -79,14 +80,11 @@ def serve(config: BridgeConfig) -> int:
     print(f"rkllama-bridge listening on http://{config.host}:{port} ({len(service.store.names())} models in "
           f"{service.store.root}, runtime {service.runtime.name})", flush=True)
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    stopper = GracefulStop(server, grace_s=config.shutdown_grace, begin=service.begin_drain,
+                           busy=service.open_requests, cut=service.end_running, name="rkllama-bridge")
+    stopper.install()
     try:
         server.run()
-    except KeyboardInterrupt:
-        log.info("stopping")
     finally:
         # Stop generating first, so streaming requests end at once and their threads are free to join.
         for entry in service.loaded():
@@ -98,6 +96,7 @@ def serve(config: BridgeConfig) -> int:
             from image_engine.app import close_app
 
             close_app(app)
+    log.info("stopped%s", " (running replies were cut)" if stopper.was_cut else "")
     return 0
 
 
@@ -139,6 +138,6 @@ def mount_images(app, service: BridgeService, config: BridgeConfig) -> None:
 def main_serve(config: BridgeConfig) -> int:
     try:
         return serve(config)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, RuntimeUnavailable) as exc:
         print(f"rkllama-bridge: {exc}", file=sys.stderr)
         return 2

@@ -146,6 +146,13 @@ class BridgeService:
         self._current: Optional[str] = None
         self._state = StateFile(options.state_file) if options.state_file else None
         self._closing = False
+        #: stopping: new requests get 503; ``cut``: the running ones were ended (finish "shutdown")
+        self.draining = False
+        self.cut = False
+        self.restoring = False
+        self._open_lock = threading.Lock()
+        self._open = 0  # requests between start() and the release of their handle, queued ones included
+        self._generations: set = set()
         self._reaper_wake = threading.Event()
         self._reaper: Optional[threading.Thread] = None
         #: the process's NPU arbiter: image routes take ``arbiter.turn("image")`` per step
@@ -258,11 +265,15 @@ class BridgeService:
             log.info("restoring %d model(s) loaded before the restart: %s", len(names), ", ".join(names))
 
         def run():
-            for item in wanted:
-                try:
-                    self.load(item["name"], item["keep_alive_s"], instances=item["instances"])
-                except BridgeError as exc:
-                    log.warning("could not restore %s: %s", item["name"], exc.message)
+            try:
+                for item in wanted:
+                    try:
+                        self.load(item["name"], item["keep_alive_s"], instances=item["instances"])
+                    except BridgeError as exc:
+                        log.warning("could not restore %s: %s", item["name"], exc.message)
+            finally:
+                self.restoring = False
+        self.restoring = bool(wanted)
         if background:
             threading.Thread(target=run, name="restore-models", daemon=True).start()
         else:
@@ -449,6 +460,45 @@ class BridgeService:
         prompt's images (only for a model and runtime that take them, see ``image_prompts``)."""
         if not prompt_ids:
             raise BadRequest("the prompt is empty", code="empty_prompt")
+        if self.draining:
+            raise ModelUnavailable("the bridge is stopping; retry on another bridge", code="shutting_down",
+                                   headers={"Retry-After": "1"})
+        self._opened(+1)
+        try:
+            return self._start(name, prompt_ids, params, client_gone, keep_alive, images)
+        except BaseException:
+            self._opened(-1)
+            raise
+
+    def _opened(self, delta: int) -> None:
+        with self._open_lock:
+            self._open += delta
+
+    def begin_drain(self) -> None:
+        self.draining = True
+
+    def readiness(self) -> str:
+        """``ready``, ``loading`` (models of the state file still loading) or ``stopping``."""
+        if self.draining:
+            return "stopping"
+        return "loading" if self.restoring else "ready"
+
+    def open_requests(self) -> int:
+        """Generation requests queued or running (what a graceful stop waits for)."""
+        with self._open_lock:
+            return self._open
+
+    def end_running(self) -> None:
+        """Cut every running generation (finish "shutdown") and turn the queued ones away."""
+        self.cut = True
+        with self._open_lock:
+            running = list(self._generations)
+        for generation in running:
+            generation.cut()
+
+    def _start(self, name: str, prompt_ids: Sequence[int], params: GenerationParams,
+               client_gone: ClientGoneCheck, keep_alive: Union[Optional[float], str],
+               images: Optional[ImagePrompt]) -> "Generation":
         received = time.monotonic()
         deadline = received + self.options.request_timeout_s if self.options.request_timeout_s else None
         entry = self.lifecycle.use(name, keep_alive)  # admitted: it cannot be unloaded under this request
@@ -457,7 +507,7 @@ class BridgeService:
         try:
             self._check_prompt(entry.stored, prompt_ids, params, images)
             key = prompt_key(prompt_ids, images)
-            handle = self._acquire(entry, _queue_deadline(client_gone, deadline), key)
+            handle = self._acquire(entry, _queue_deadline(_or_cut(self, client_gone), deadline), key)
         except BaseException:
             self.lifecycle.done(entry)
             raise
@@ -517,6 +567,11 @@ def _image_note(image_tokens: int) -> str:
     return f" ({image_tokens} of them for images)" if image_tokens else ""
 
 
+def _or_cut(service: BridgeService, client_gone: ClientGoneCheck) -> ClientGoneCheck:
+    """A queued request leaves the queue when a stopping bridge cuts its work."""
+    return lambda: service.cut or client_gone()
+
+
 def _queue_deadline(client_gone: ClientGoneCheck, deadline: Optional[float]) -> ClientGoneCheck:
     """The queue's leave-now probe, which also gives up (503) once the request's deadline has passed."""
     if deadline is None:
@@ -562,14 +617,22 @@ class Generation:
         self._timed_out = False
         self._finished = False  # the runtime reported its result
         self._release_lock = threading.Lock()
+        self._shutdown = False  # cut by a stopping bridge
+        with service._open_lock:
+            service._generations.add(self)
         self._worker = threading.Thread(target=self._work, name=f"gen-{entry.name}", daemon=True)
         service.metrics.active(entry.name, +1)
         self._worker.start()
         self._events = self._run()
 
+    def cut(self) -> None:
+        """End this generation because the bridge is stopping (finish "shutdown")."""
+        self._shutdown = self._cancelled = True
+        self.handle.abort()
+
     def _giving_up(self) -> bool:
         """Whether this request no longer wants the NPU: aborted, or past its deadline."""
-        return self._cancelled or (self.deadline is not None and time.monotonic() > self.deadline)
+        return self._cancelled or self.service.cut or (self.deadline is not None and time.monotonic() > self.deadline)
 
     def _not_started(self) -> GenerationResult:
         """The result of a request that gave up before the runtime ran it."""
@@ -649,6 +712,8 @@ class Generation:
         if isinstance(item, GenerationResult):
             # "timeout": cut by the bridge's --request-timeout (OpenAI clients see "length": a limit hit)
             reason = "timeout" if self._timed_out and item.finish_reason == "abort" else item.finish_reason
+            if item.finish_reason == "abort" and (self._shutdown or self.service.cut):
+                reason = "shutdown"  # cut by a stopping bridge: the reply is incomplete
         else:
             reason = "error"
             error = {"code": "runtime_error", "message": f"{self.service.runtime.name} runtime: {item}"}
@@ -680,6 +745,9 @@ class Generation:
         self.service.metrics.active(self.entry.name, -1)
         self.entry.queue.release(self.handle)
         self.service.lifecycle.done(self.entry)
+        with self.service._open_lock:
+            self.service._generations.discard(self)
+            self.service._open -= 1
 
     def close(self) -> None:
         self._events.close()  # runs _run's finally if it started

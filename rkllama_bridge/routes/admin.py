@@ -1,4 +1,4 @@
-"""Liveness and metrics."""
+"""Liveness, readiness and metrics."""
 
 from __future__ import annotations
 
@@ -17,11 +17,18 @@ def health():
     snap = svc.metrics.snapshot()
     models = [{"name": e.name, "instances": len(e.queue.handles), "busy": e.queue.busy, "queued": e.queue.queued,
                "memory_mb": round(e.memory_mb, 1), "last_used": e.last_used} for e in svc.loaded()]
-    return jsonify({"status": "ok", "runtime": svc.runtime.describe(), "models": models,
+    return jsonify({"status": "ok", "readiness": svc.readiness(), "runtime": svc.runtime.describe(), "models": models,
                     "queue_max": svc.options.queue_max, "active": sum(snap["active"].values()),
                     "aborts_total": snap["aborts_total"], "lifecycle": svc.lifecycle_view(),
                     "memory": svc.memory_view(), "npu": svc.arbiter.snapshot(), "threads": _lanes(),
                     "uptime_s": round(time.monotonic() - current_app.config["BRIDGE_STARTED"], 3)})
+
+
+@bp.get("/health/ready")
+def ready():
+    """Readiness, for probes: 200 once serving, 503 while loading the models to restore or stopping."""
+    state = service().readiness()
+    return jsonify({"status": state}), 200 if state == "ready" else 503
 
 
 def _lanes():

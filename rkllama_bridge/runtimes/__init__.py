@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Callable, Optional
 
 from .base import Runtime, RuntimeUnavailable
 
 RUNTIME_NAMES = ("rkllm", "host", "sim")
+#: what the host runtime imports, all from the ``host`` extra (the core install has none of them)
+HOST_MODULES = ("torch", "transformers", "gguf", "accelerate")
+HOST_EXTRA_HINT = "pip install 'exo-rk[host]'"
+
+
+def _absent(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def require_host_extra(what: str = "the host runtime") -> None:
+    """Raise RuntimeUnavailable with a one-line hint when the ``host`` extra is not installed."""
+    missing = [name for name in HOST_MODULES if _absent(name)]
+    if missing:
+        raise RuntimeUnavailable(f"{what} needs the 'host' extra ({', '.join(missing)} not installed): "
+                                 f"{HOST_EXTRA_HINT}")
 
 
 def create_runtime(name: str, *, sim_profile: Optional[str] = None, sim_overrides: Optional[dict] = None,
@@ -18,6 +37,7 @@ def create_runtime(name: str, *, sim_profile: Optional[str] = None, sim_override
 
         return SimRuntime(sim_profile or DEFAULT_PROFILE, tokenizer_for=tokenizer_for, **(sim_overrides or {}))
     if name == "host":
+        require_host_extra()
         from .host import HostRuntime
 
         return HostRuntime(threads=threads)
