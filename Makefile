@@ -25,8 +25,8 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 $(RKNN_STAMP): setup.cfg setup.py pyproject.toml
 	@test -x $(RKNN_PY) || $(PYTHON) -m venv $(RKNN_VENV)
 	$(RKNN_PY) -m pip install --quiet --upgrade pip
-	# Only what the simulator tier's tests import: the project, pytest and requests.
-	$(RKNN_PY) -m pip install --quiet --no-compile -e '.[images,convert]' pytest pytest-asyncio pytest-timeout requests
+	# Only what the simulator tier's tests import: the project, pytest, requests and safetensors (LoRA files).
+	$(RKNN_PY) -m pip install --quiet --no-compile -e '.[images,convert]' pytest pytest-asyncio pytest-timeout requests safetensors
 	$(RKNN_PY) -m pip install --quiet --no-compile --no-deps $(RKNN_TOOLKIT)
 	@touch $(RKNN_STAMP)
 

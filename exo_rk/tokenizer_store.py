@@ -145,7 +145,7 @@ class TemplatingTokenizer:
     without transformers templates and decodes exactly as the bridge does."""
 
     def __init__(self, local_dir: Path):
-        from rkllama_bridge.tokenizer import ChatTokenizer  # tokenizers + jinja2 only
+        from rk_common.chat_tokenizer import ChatTokenizer  # tokenizers + jinja2 only
 
         self._tok = ChatTokenizer(local_dir)
         self.chat_template = self._tok.chat_template
