@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-import requests
 
 from exo_rk.compat import full_shard
 from exo_rk.engine import RKLLMInferenceEngine
@@ -27,7 +25,7 @@ from exo_rk.settings import Settings
 from exo_rk.tokenizer_store import make_portable, repo_dir
 from rkllama_bridge.default_model import ensure_default_model
 
-from .common import median, table
+from .common import median, start_server, table
 
 REPO = Path(__file__).resolve().parent.parent
 DOUBLE = REPO / "tests" / "exo_rk" / "stock_rkllama.py"
@@ -37,23 +35,10 @@ MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "Tell me about rivers."}]
 
 
-def _start(tmp: Path, *argv: str):
-    port_file = tmp / f"{uuid.uuid4().hex}.port"
-    proc = subprocess.Popen([sys.executable, str(DOUBLE), "--port-file", str(port_file), "--ttft", str(TTFT_S),
-                             "--token-interval", str(INTERVAL_S), "--reply-words", str(WORDS), *argv],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if port_file.exists() and port_file.read_text().strip():
-            url = f"http://127.0.0.1:{port_file.read_text().strip()}"
-            try:
-                if requests.get(url + "/", timeout=2).ok:
-                    return proc, url
-            except requests.ConnectionError:
-                pass
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the stock double did not start")
+def _start(tmp: Path, name: str, *argv: str):
+    """The stock double (a stock server has no ``/health``: ``/`` answers once it serves)."""
+    return start_server([sys.executable, str(DOUBLE), "--ttft", str(TTFT_S), "--token-interval", str(INTERVAL_S),
+                         "--reply-words", str(WORDS), *argv], tmp, name, timeout=30, ready_path="/")
 
 
 async def _direct(url: str) -> float:
@@ -110,8 +95,8 @@ def run() -> str:
         for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
             shutil.copy(ensure_default_model() / name, target / name)
         make_portable(target)
-        punchnox, p_url = _start(tmp)
-        jfreed, j_url = _start(tmp, "--fork", "jfreed", "--refuse-system")
+        punchnox, p_url = _start(tmp, "punchnox")
+        jfreed, j_url = _start(tmp, "jfreed", "--fork", "jfreed", "--refuse-system")
         try:
             direct = median([asyncio.run(_direct(p_url)) for _ in range(RUNS)])
             cases = [("/v1/chat/completions stream (rkllama 0.0.74)", p_url, ("openai",)),

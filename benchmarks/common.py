@@ -36,9 +36,9 @@ def table(header: Sequence[str], rows: List[Sequence]) -> str:
 
 
 def start_server(argv: Sequence[str], tmp: Path, name: str, env: Optional[Dict[str, str]] = None,
-                 timeout: float = 180.0) -> Tuple[subprocess.Popen, str]:
+                 timeout: float = 180.0, ready_path: str = "/health") -> Tuple[subprocess.Popen, str]:
     """Start a server process (``argv`` without port flags) on a free loopback port and wait until its
-    ``/health`` answers; returns (process, base url). Its output goes to ``tmp/<name>.log``."""
+    ``ready_path`` answers; returns (process, base url). Its output goes to ``tmp/<name>.log``."""
     port_file = tmp / f"{name}.port"
     log = open(tmp / f"{name}.log", "ab")
     proc = subprocess.Popen([*argv, "--port", "0", "--port-file", str(port_file)], stdout=log, stderr=log,
@@ -50,7 +50,7 @@ def start_server(argv: Sequence[str], tmp: Path, name: str, env: Optional[Dict[s
         if port_file.exists() and port_file.read_text().strip():
             url = f"http://127.0.0.1:{port_file.read_text().strip()}"
             try:
-                if requests.get(url + "/health", timeout=2).ok:
+                if requests.get(url + ready_path, timeout=2).ok:
                     return proc, url
             except requests.ConnectionError:
                 pass
