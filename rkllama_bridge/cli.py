@@ -1,4 +1,4 @@
-"""``rkllama-bridge``: serve models, or check the board (``doctor``)."""
+"""``rkllama-bridge``: serve models, check the board (``doctor``), pin its clocks (``tune``), measure (``bench``)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      "NPU boards (RKLLM), with host-CPU and simulated runtimes")
     sub = parser.add_subparsers(dest="command", required=True)
     PROGRAM.add_arguments(sub.add_parser("serve", help="serve the models of a directory"))
-    sub.add_parser("doctor", help="report board, NPU driver, librkllmrt version and model compatibility",
+    sub.add_parser("doctor", help="report board, NPU driver, librkllmrt version, clocks and model compatibility",
                    add_help=False)
-    if argv[:1] == ["doctor"]:
-        from .doctor import main as doctor_main
+    sub.add_parser("tune", help="pin CPU, NPU and DDR clocks at their highest frequency (root; revertible)",
+                   add_help=False)
+    sub.add_parser("bench", help="measure TTFT, prefill and decode speed of a model, as markdown",
+                   add_help=False)
+    if argv[:1] in (["doctor"], ["tune"], ["bench"]):
+        import importlib
 
-        return doctor_main(argv[1:])
+        return importlib.import_module(f".{argv[0]}", __package__).main(argv[1:])
     args = parser.parse_args(argv)
     try:
         config = PROGRAM.load(args)

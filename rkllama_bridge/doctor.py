@@ -1,7 +1,8 @@
 """``rkllama-bridge doctor``: what this machine offers the rkllm runtime, and what will go wrong.
 
 Reports the board (device-tree compatible string), the NPU driver version, librkllmrt (path, RKLLM
-release, ABI, whether it loads), CPU cores and memory, and checks every ``.rkllm`` model of a model
+release, ABI, whether it loads), CPU cores and memory, the governors and frequencies of the CPU clusters,
+the NPU and the DDR (and which of them hold decode back), and checks every ``.rkllm`` model of a model
 store against the runtime release before anything is loaded. Off a board it says so and exits 0;
 on a board it exits 1 when a check failed (``--strict`` makes that apply everywhere).
 """
@@ -17,9 +18,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import freq
+from .freq import KNOWN_SOCS, mhz
+from .freq import read_sysfs as _read
+
 OK, INFO, WARN, ERROR = "ok", "info", "warn", "error"
 
-KNOWN_SOCS = ("rk3588s", "rk3588", "rk3576", "rk3568", "rk3566", "rk3562")
 LLM_SOCS = ("rk3588s", "rk3588", "rk3576")
 
 
@@ -43,13 +47,6 @@ class Report:
 
     def count(self, status: str) -> int:
         return sum(1 for c in self.checks if c.status == status)
-
-
-def _read(root: Path, path: str) -> str | None:
-    try:
-        return (root / path.lstrip("/")).read_bytes().decode(errors="replace")
-    except OSError:
-        return None
 
 
 def check_board(root: Path, report: Report) -> None:
@@ -150,6 +147,59 @@ def check_cpu_memory(root: Path, report: Report) -> None:
     report.add("memory", OK, detail, total_kib=total, available_kib=avail)
 
 
+CLOCK_EFFECT = {
+    "ddr": "DDR bandwidth is the main decode limiter (each token reads every weight from memory)",
+    "npu": "decode is memory/NPU bound, expect up to ~2x with performance",
+    "cpu": "the runtime's threads run on these cores (sampling, NPU job submission): a low clock adds to "
+           "every token",
+}
+
+
+def _clock_detail(clock: freq.Clock) -> str:
+    cap = f", capped at {mhz(clock.max_hz)} MHz by {clock.directory}/" + (
+        "scaling_max_freq" if clock.kind == "cpu" else "max_freq") if clock.capped else ""
+    return f"{clock.describe()}{cap}"
+
+
+def check_clocks(root: Path, report: Report) -> None:
+    """Governors and frequencies of the CPU clusters, the NPU and the DDR; which of them hold decode back."""
+    clocks = freq.read_clocks(root, (report.board or "").lower() or None)
+    on_board = report.board is not None
+    if not clocks.all:
+        report.add("clocks", WARN if on_board else INFO, "no cpufreq or devfreq under /sys: the CPU, NPU and DDR "
+                   "clocks cannot be read (a container without the host's /sys?)")
+        return
+    for clock in clocks.all:
+        data = clock.as_dict()
+        if clock.pinned:
+            report.add(clock.name, OK, f"{clock.governor}, {mhz(clock.cur_hz)} MHz of {mhz(clock.top_hz)} MHz: "
+                       "pinned at max", **data)
+        elif not on_board:
+            report.add(clock.name, INFO, _clock_detail(clock), **data)
+        elif clocks.is_little(clock):
+            report.add(clock.name, INFO, f"{_clock_detail(clock)} (little cores: the rkllm runtime's threads "
+                       "run on the big ones)", **data)
+        else:
+            report.add(clock.name, WARN, f"{_clock_detail(clock)}: {CLOCK_EFFECT[clock.kind]}", **data)
+    if not on_board:
+        return
+    if clocks.npu is None:
+        where = f"{freq.DEVFREQ}/{clocks.npu_expected or '*.npu'}"
+        report.add("NPU", WARN, f"no devfreq device at {where}: the NPU clock cannot be read or pinned (the "
+                   "vendor kernel's rknpu driver exposes it)")
+    if clocks.ddr is None:
+        report.add("DDR", WARN, f"no devfreq device at {freq.DEVFREQ}/{freq.DDR_DEVFREQ}: the DDR clock, the main "
+                   "decode limiter, cannot be read or pinned")
+    held = freq.limiters(clocks)
+    if held:
+        names = ", ".join(f"{c.name.split(' (')[0]} ({mhz(c.cur_hz)} of {mhz(c.top_hz)} MHz)" for c in held)
+        report.add("decode speed", WARN, f"held back by {names}: `sudo rkllama-bridge tune --performance` pins "
+                   "them (`--dry-run` lists the writes first)", limiters=[c.name for c in held])
+    else:
+        report.add("decode speed", OK, "every clock found is pinned at its highest frequency: nothing here holds "
+                   "decode back", limiters=[])
+
+
 def read_modelfile(path: Path) -> dict[str, str]:
     """``KEY="value"`` lines of an rkllama Modelfile (keys upper-cased; comments and blanks skipped)."""
     out = {}
@@ -209,6 +259,7 @@ def run_checks(root: Path, lib_path: str | None, abi: str | None, models: Path |
     # Show the driver right after the board, though it is checked after the library (it needs its version).
     report.checks.insert(1, report.checks.pop())
     check_cpu_memory(root, report)
+    check_clocks(root, report)
     if models is not None:
         check_models(models, report, version)
     return report
@@ -237,7 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--abi", default=None, help="force an RKLLM ABI (default: $RKLLM_ABI, then detected)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--strict", action="store_true", help="exit 1 on any error, even off a board")
-    parser.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)  # fake /proc and /sys
+    parser.add_argument("--sysfs-root", "--root", dest="root", type=Path, default=Path("/"),
+                        help="read /proc and /sys under this directory instead (a copy or a fake tree)")
     args = parser.parse_args(argv)
     report = run_checks(args.root, args.lib, args.abi, args.models)
     if args.json:
