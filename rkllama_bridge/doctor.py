@@ -171,7 +171,11 @@ def check_clocks(root: Path, report: Report) -> None:
         return
     for clock in clocks.all:
         data = clock.as_dict()
-        if clock.pinned:
+        if clock.throttled:
+            report.add(clock.name, WARN if on_board else INFO, f"{clock.governor}, yet at {mhz(clock.cur_hz)} MHz "
+                       f"of {mhz(clock.top_hz)} MHz: held below max by something else (thermal throttling? see "
+                       "/sys/class/thermal/thermal_zone*/temp)", **data)
+        elif clock.pinned:
             report.add(clock.name, OK, f"{clock.governor}, {mhz(clock.cur_hz)} MHz of {mhz(clock.top_hz)} MHz: "
                        "pinned at max", **data)
         elif not on_board:
@@ -193,8 +197,9 @@ def check_clocks(root: Path, report: Report) -> None:
     held = freq.limiters(clocks)
     if held:
         names = ", ".join(f"{c.name.split(' (')[0]} ({mhz(c.cur_hz)} of {mhz(c.top_hz)} MHz)" for c in held)
-        report.add("decode speed", WARN, f"held back by {names}: `sudo rkllama-bridge tune --performance` pins "
-                   "them (`--dry-run` lists the writes first)", limiters=[c.name for c in held])
+        fix = ("`sudo rkllama-bridge tune --performance` pins them (`--dry-run` lists the writes first)"
+               if any(not c.pinned for c in held) else "pinned, yet below max: cool the board (thermal throttling?)")
+        report.add("decode speed", WARN, f"held back by {names}: {fix}", limiters=[c.name for c in held])
     else:
         report.add("decode speed", OK, "every clock found is pinned at its highest frequency: nothing here holds "
                    "decode back", limiters=[])

@@ -90,13 +90,19 @@ class Clock:
             return True
         return self.governor == USERSPACE and self.cur_hz is not None and self.cur_hz >= self.top_hz
 
+    @property
+    def throttled(self) -> bool:
+        """Pinned, yet running below its highest frequency (thermal throttling, or a cap set elsewhere)."""
+        return self.pinned and self.cur_hz is not None and self.top_hz is not None and self.cur_hz < self.top_hz
+
     def describe(self) -> str:
         return f"{self.governor or '?'} at {mhz(self.cur_hz)} MHz of {mhz(self.top_hz)} MHz"
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "clock": self.name, "path": self.directory, "governor": self.governor,
                 "available_governors": self.governors, "cur_hz": self.cur_hz, "min_hz": self.min_hz,
-                "max_hz": self.max_hz, "top_hz": self.top_hz, "pinned": self.pinned}
+                "max_hz": self.max_hz, "top_hz": self.top_hz, "pinned": self.pinned,
+                "throttled": self.throttled}
 
 
 def _cpu_clock(root: Path, policy: str, soc: Optional[str]) -> Clock:
@@ -243,5 +249,5 @@ def limiters(clocks: Clocks) -> List[Clock]:
     """The clocks holding decode back, most costly first: DDR (bandwidth: every token reads every weight),
     then the NPU, then the big CPU clusters."""
     order: Dict[str, int] = {"ddr": 0, "npu": 1, "cpu": 2}
-    held = [c for c in clocks.all if not c.pinned and not clocks.is_little(c)]
+    held = [c for c in clocks.all if (not c.pinned or c.throttled) and not clocks.is_little(c)]
     return sorted(held, key=lambda c: order[c.kind])
