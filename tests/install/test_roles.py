@@ -14,6 +14,7 @@ HOST_ONLY = ("torch", "transformers", "accelerate", "gguf")
 CORE_MODULES = ("rk_common", "rk_common.openai_chat", "rk_common.reply_shaping", "rk_common.tool_calls",
                 "rkllama_bridge", "rkllama_bridge.cli", "rkllama_bridge.server", "rkllama_bridge.app",
                 "rkllama_bridge.runtimes.sim", "rkllama_bridge.rkllm.runtime", "rkllama_bridge.doctor",
+                "rkllama_bridge.tune", "rkllama_bridge.bench",
                 "exo_rk", "exo_rk.cli", "exo_rk.engine", "exo_rk.gateway", "exo_rk.pool", "exo_rk.run",
                 "exo_rk.registration")
 
