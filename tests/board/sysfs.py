@@ -41,6 +41,8 @@ def build_board(root: Path, soc: str = "rk3588", pinned: bool = False, npu: bool
     dt.mkdir(parents=True, exist_ok=True)
     (dt / "compatible").write_bytes(board["compatible"])
     (dt / "model").write_bytes(board["model"])
+    _files(root / "proc", {"meminfo": "MemTotal:       16166432 kB\nMemAvailable:   14873244 kB"})
+    _files(root / "sys/kernel/debug/rknpu", {"version": "RKNPU driver: v0.9.8"})
     for first, (cpus, khz) in board["policies"].items():
         for cpu in cpus:
             _files(root / f"sys/devices/system/cpu/cpu{cpu}/cpufreq", {"cpuinfo_max_freq": khz[-1]})

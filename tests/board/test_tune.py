@@ -164,3 +164,27 @@ def test_a_bad_revert_file_is_refused_before_any_write(content, message, tmp_pat
     bad.write_text(content)
     assert tune.main(["--revert", str(bad), "--sysfs-root", str(tmp_path)]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_a_cap_is_lifted_and_a_clock_without_performance_is_fixed_through_userspace(tmp_path, capsys):
+    root = build_board(tmp_path / "root", "rk3576")
+    ddr = root / "sys/class/devfreq/dmc"
+    npu = root / NPU_DIR["rk3576"].lstrip("/")
+    (ddr / "max_freq").write_text("1560000000\n")  # capped below the 2112 MHz the DDR offers
+    (npu / "available_governors").write_text("rknpu_ondemand userspace powersave\n")
+    before = snapshot(root)
+    revert_file = tmp_path / "revert.json"
+    assert tune.main(["--performance", "--sysfs-root", str(root), "--revert-file", str(revert_file)]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {NPU_DIR['rk3576']}/governor: rknpu_ondemand → userspace" in out
+    assert f"wrote {NPU_DIR['rk3576']}/userspace/set_freq: - → 1000000000" in out
+    assert "wrote /sys/class/devfreq/dmc/max_freq: 1560000000 → 2112000000" in out
+    assert (npu / "userspace/set_freq").read_text().strip() == "1000000000"
+    restore = [e["path"] for e in json.loads(revert_file.read_text())["restore"]]
+    assert f"{NPU_DIR['rk3576']}/userspace/set_freq" not in restore  # the restored governor sets the speed
+    assert "/sys/class/devfreq/dmc/max_freq" in restore
+    assert tune.main(["--revert", str(revert_file)]) == 0
+    after = snapshot(root)
+    assert after.pop(f"{NPU_DIR['rk3576'].lstrip('/')}/userspace/set_freq") == "1000000000\n"
+    before.pop(f"{NPU_DIR['rk3576'].lstrip('/')}/userspace/set_freq")
+    assert after == before
