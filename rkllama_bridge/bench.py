@@ -163,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         handle.close()
+        service.close()
     label = str(service.runtime.describe().get("label") or config.runtime)
     clocks_md, clocks = clocks_section(args.sysfs_root)
     board = board_line(args.sysfs_root)
