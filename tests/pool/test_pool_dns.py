@@ -4,7 +4,6 @@ itself is the one thing replaced, by a resolver the test controls."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 
