@@ -79,7 +79,8 @@ def topology(tmp_path, default_model_dir):
     write_sim_model(store, MODEL, default_model_dir)
     env = {"RKLLAMA_BRIDGE_TOKEN": secrets.token_urlsafe(16), "BRIDGE_SIM_PROFILE": "instant",
            "EXO_RK_MODELS": str(store)}
-    services = {name: ComposeService(name, spec, tmp_path / "fs") for name, spec in load_compose(env)["services"].items()}
+    services = {name: ComposeService(name, spec, tmp_path / "fs")
+                for name, spec in load_compose(env)["services"].items()}
     addresses: dict = {}
     try:
         for wave in _start_order({n: s.spec for n, s in services.items()}):
