@@ -8,7 +8,7 @@ import logging
 import socket
 
 from exo_rk.backends import make_backend
-from exo_rk.pool import BridgePool, is_name, member_url
+from exo_rk.pool import BridgePool, is_name, member_url, resolve_host
 from exo_rk.settings import Settings
 from tests.pool.conftest import DECODE_TOK_S, QWEN, PoolBridge
 from tests.pool.runs import generate
@@ -35,6 +35,12 @@ def test_names_and_member_urls():
     assert not is_name("http://10.0.0.7:8080") and not is_name("http://[fd00::7]:8080")
     assert member_url("http://bridges.rk.svc:8080", "10.1.2.3") == "http://10.1.2.3:8080"
     assert member_url("http://bridges.rk.svc:8080", "fd00::3") == "http://[fd00::3]:8080"
+
+
+async def test_the_real_resolver_gives_each_address_once():
+    addresses = await resolve_host("localhost", 8080)
+    assert "127.0.0.1" in addresses and len(addresses) == len(set(addresses))
+    assert await resolve_host("127.0.0.2", 8080) == ["127.0.0.2"]
 
 
 def test_the_setting_makes_a_pool_of_one_name():
