@@ -22,9 +22,9 @@ def client_for(url: str, settings: Settings) -> BridgeClient:
 
 
 def make_backend(settings: Settings) -> GenerationBackend:
-    """``BridgePool`` (``exo_rk.pool``) when several bridges (or a servers file) are configured, else a
-    single client."""
-    if len(settings.servers) > 1 or settings.servers_file is not None:
+    """``BridgePool`` (``exo_rk.pool``) when several bridges, a servers file or DNS look-ups of the bridges'
+    names (``resolve_interval``) are configured, else a single client."""
+    if len(settings.servers) > 1 or settings.servers_file is not None or settings.resolve_interval > 0:
         if find_spec("exo_rk.pool") is not None:
             from exo_rk.pool import BridgePool
 

@@ -28,8 +28,12 @@ bridge (``pick``):
 - **Deadlines**: ``first_token_timeout`` bounds the whole search for a bridge and its first token,
   ``request_timeout`` the whole request.
 
-Bridges join and leave at run time through ``add_bridge`` / ``remove_bridge`` or a servers file
-(``RKLLM_SERVERS_FILE``, one ``host:port`` per line, re-read when it changes). ``metrics_text()`` renders
+Bridges join and leave at run time through ``add_bridge`` / ``remove_bridge``, a servers file
+(``RKLLM_SERVERS_FILE``, one ``host:port`` per line, re-read when it changes) or DNS: with
+``resolve_interval`` (``RKLLM_POOL_RESOLVE_SECONDS``) above 0, a bridge given by name is looked up every
+that many seconds and each address it resolves to is one bridge (a Kubernetes headless Service names every
+ready bridge pod); addresses that appear join, those that disappear leave, and a failed look-up keeps the
+bridges of the last one. ``metrics_text()`` renders
 the per-bridge state as Prometheus text (served by the gateway at ``/metrics``).
 """
 
@@ -38,10 +42,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import logging
+import socket
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from urllib.parse import urlsplit, urlunsplit
 
 from exo_rk import errors, pool_metrics
 from exo_rk.client import BridgeClient, GenerationParams, ModelInfo, OneShotReply, StreamEnd, StreamEvent
@@ -53,6 +60,33 @@ log = logging.getLogger(__name__)
 # Errors after which another bridge may well succeed. Anything else (a malformed request, a wrong
 # token) would get the same answer everywhere and goes straight back to the caller.
 RETRYABLE = (errors.BridgeUnavailable, errors.BridgeBusy, errors.ModelNotFound, errors.BridgeProtocolError)
+
+#: ``resolve(host, port)`` → the addresses ``host`` stands for (the pool's DNS look-up; injectable for tests)
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+
+
+async def resolve_host(host: str, port: int) -> List[str]:
+    """The addresses ``host`` resolves to for TCP (IPv4 and IPv6), in the resolver's order, each once."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def is_name(url: str) -> bool:
+    """True when the bridge URL names its host (``http://bridges:8080``) rather than giving an address."""
+    host = urlsplit(url).hostname or ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return bool(host)
+    return False
+
+
+def member_url(url: str, address: str) -> str:
+    """``url`` with its host replaced by ``address`` (one of the addresses the host resolved to)."""
+    parts = urlsplit(url)
+    host = f"[{address}]" if ":" in address else address
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class NoBridgeAvailable(errors.BridgeUnavailable):
@@ -158,7 +192,8 @@ class BridgePool:
                  request_timeout: Optional[float] = None, health_interval: float = 2.0,
                  health_timeout: float = 2.0, min_backoff: float = 0.25, max_backoff: float = 2.0,
                  first_token_floor: float = 10.0, first_token_cap: float = 120.0,
-                 servers_file: Optional[Path] = None):
+                 servers_file: Optional[Path] = None, resolve_interval: float = 0.0,
+                 resolve: Optional[Resolver] = None):
         self.token = token
         self.connect_timeout = connect_timeout
         self.stream_read_timeout = stream_read_timeout
@@ -172,6 +207,11 @@ class BridgePool:
         self.max_backoff = max_backoff
         self.servers_file = servers_file
         self._servers_mtime: Optional[float] = None
+        self.resolve_interval = resolve_interval
+        self._resolve = resolve or resolve_host
+        self._names: Dict[str, Tuple[str, ...]] = {}  # a bridge given by name -> the bridges it resolved to
+        self._static: Set[str] = set()  # bridges given by address (or by name, without DNS look-ups)
+        self._next_resolve = 0.0
         self._bridges: Dict[str, Bridge] = {}
         self._retired: List[Bridge] = []
         self._info: Dict[str, ModelInfo] = {}
@@ -182,7 +222,7 @@ class BridgePool:
         self.retries = 0
         self.no_bridge = 0
         for url in servers:
-            self.add_bridge(url)
+            self._add_entry(url)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "BridgePool":
@@ -192,7 +232,7 @@ class BridgePool:
                    first_token_timeout=settings.first_token_timeout, request_timeout=settings.request_timeout,
                    health_interval=settings.health_interval, max_backoff=settings.health_max_backoff,
                    first_token_floor=settings.first_token_floor, first_token_cap=settings.first_token_cap,
-                   servers_file=settings.servers_file)
+                   servers_file=settings.servers_file, resolve_interval=settings.resolve_interval)
 
     def __repr__(self) -> str:
         up = sum(b.healthy for b in self._bridges.values())
@@ -203,6 +243,20 @@ class BridgePool:
     def add_bridge(self, url: str) -> None:
         """Start using the bridge at ``url`` (``host:port`` or ``http://host:port``); probed before use."""
         url = parse_servers(url)[0]
+        self._static.add(url)
+        self._add_member(url)
+
+    def _add_entry(self, url: str) -> None:
+        """A configured bridge: looked up in DNS when it is a name and look-ups are on, else one bridge."""
+        url = parse_servers(url)[0]
+        if self.resolve_interval > 0 and is_name(url):
+            if url not in self._names:
+                self._names[url] = ()
+                self._next_resolve = 0.0  # looked up in the next round
+        else:
+            self.add_bridge(url)
+
+    def _add_member(self, url: str) -> None:
         if url in self._bridges:
             return
         client = BridgeClient(url, token=self.token, connect_timeout=self.connect_timeout,
@@ -217,6 +271,7 @@ class BridgePool:
     def remove_bridge(self, url: str) -> None:
         """Stop sending new requests to ``url``; its running requests finish normally."""
         url = parse_servers(url)[0]
+        self._static.discard(url)
         bridge = self._bridges.pop(url, None)
         if bridge is not None:
             self._retired.append(bridge)
@@ -240,9 +295,51 @@ class BridgePool:
             return
         self._servers_mtime = mtime
         for url in wanted:
-            self.add_bridge(url)
-        for url in set(self._bridges) - set(wanted):
+            self._add_entry(url)
+        for name in set(self._names) - set(wanted):
+            self._set_members(name, ())
+            del self._names[name]
+        keep = set(wanted) - set(self._names) | {m for members in self._names.values() for m in members}
+        for url in set(self._bridges) - keep:
             self.remove_bridge(url)
+
+    # -- DNS ----------------------------------------------------------------------------------------
+
+    async def _resolve_names(self) -> None:
+        """Look every name up once; a failed look-up keeps the bridges the name had."""
+        self._next_resolve = time.monotonic() + self.resolve_interval
+        for name in list(self._names):
+            parts = urlsplit(name)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                addresses = await asyncio.wait_for(self._resolve(parts.hostname or "", port), self.connect_timeout)
+            except Exception as exc:  # noqa: BLE001 - DNS may fail in any way; the pool keeps what it has
+                log.warning("pool: cannot resolve %s (%s); keeping its %d bridges", name, exc or type(exc).__name__,
+                            len(self._names.get(name, ())))
+                continue
+            if name in self._names:
+                self._set_members(name, tuple(dict.fromkeys(member_url(name, a) for a in addresses)))
+
+    def _set_members(self, name: str, members: Tuple[str, ...]) -> None:
+        """The bridges of ``name`` are now ``members``: new ones join, gone ones leave (unless another name
+        or the configuration still lists them)."""
+        old = self._names.get(name, ())
+        self._names[name] = members
+        added = [m for m in members if m not in old]
+        gone = [m for m in old if m not in members]
+        others = {m for n, ms in self._names.items() if n != name for m in ms} | self._static
+        for url in added:
+            self._add_member(url)
+        for url in gone:
+            if url not in others:
+                bridge = self._bridges.pop(url, None)
+                if bridge is not None:
+                    self._retired.append(bridge)
+                    log.info("pool: bridge %s removed: %s no longer resolves to it (%d requests still running "
+                             "there)", url, name, bridge.outstanding)
+        if added or gone:
+            log.info("pool: %s resolves to %d bridges%s%s", name, len(members),
+                     f"; added {', '.join(added)}" if added else "", f"; removed {', '.join(gone)}" if gone else "")
 
     # -- health -------------------------------------------------------------------------------------
 
@@ -258,6 +355,8 @@ class BridgePool:
             now = time.monotonic()
             try:
                 self._read_servers_file()
+                if self._names and time.monotonic() >= self._next_resolve:
+                    await self._resolve_names()
                 self._close_retired()
                 now = time.monotonic()
                 due = [b for b in self._bridges.values() if b.next_check <= now]
@@ -267,6 +366,8 @@ class BridgePool:
                 log.exception("pool: health check round failed")
             self._first_round.set()
             wake_at = min((b.next_check for b in self._bridges.values()), default=now + self.health_interval)
+            if self._names:
+                wake_at = min(wake_at, self._next_resolve)
             delay = max(0.01, min(wake_at, time.monotonic() + self.health_interval) - time.monotonic())
             self._wake.clear()
             try:
@@ -345,6 +446,8 @@ class BridgePool:
         if time.monotonic() - self._last_rescue < self.min_backoff:
             return
         self._last_rescue = time.monotonic()
+        if self._names:  # the bridges may have moved (pods replaced): look the names up again first
+            await self._resolve_names()
         await asyncio.gather(*(self._check(b) for b in list(self._bridges.values()) if not b.healthy))
 
     def _close_retired(self) -> None:

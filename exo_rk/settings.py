@@ -72,6 +72,13 @@ class Settings:
     servers_file: Optional[Path] = setting(None, "file of bridges, one host:port per line (# comments), used "
                                            "without servers; re-read by the pool when it changes",
                                            aliases=("RKLLM_SERVERS_FILE",))
+    resolve_interval: float = setting(0.0, "seconds between DNS look-ups of the bridges given by name: every "
+                                      "address a name resolves to is one bridge of the pool, added and removed "
+                                      "as DNS changes (0 = off: a name is one bridge, resolved per connection)",
+                                      aliases=("RKLLM_POOL_RESOLVE_SECONDS",), minimum=0,
+                                      why="a Kubernetes headless Service (or a DNS round robin) names every "
+                                          "ready bridge with one name; off by default so a name keeps meaning "
+                                          "one board")
     server_host: str = setting("localhost", "the one bridge used without servers and servers_file",
                                aliases=("RKLLM_SERVER_HOST",))
     server_port: int = setting(8080, "its port", aliases=("RKLLM_SERVER_PORT",), minimum=1)

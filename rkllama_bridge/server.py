@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -69,8 +70,8 @@ def serve(config: BridgeConfig) -> int:
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
         log.warning("binding %s without a token: anyone on the network can use this bridge", config.host)
     app = create_app(service, token=config.token, max_body_bytes=config.max_body_bytes)
-    if config.images:
-        mount_images(app, service, config)
+    if config.images and not mount_images(app, service, config):
+        config = dataclasses.replace(config, images=False)
     server = create_server(app, config)
     port = server.effective_port
     if config.port_file:
@@ -124,15 +125,28 @@ def create_server(app, config: BridgeConfig):
     return server
 
 
-def mount_images(app, service: BridgeService, config: BridgeConfig) -> None:
+# Libraries of the `images` extra that the image routes import when they are mounted.
+IMAGES_EXTRA = ("regex", "onnxruntime")
+
+
+def mount_images(app, service: BridgeService, config: BridgeConfig) -> bool:
     """The image engine's routes in this process, so one bridge owns the NPU for LLM and images alike:
-    every image model call takes its turn from the same arbiter as LLM tokens."""
-    from image_engine.app import mount_image_routes
-    from image_engine.config import EngineConfig
+    every image model call takes its turn from the same arbiter as LLM tokens. Without the ``images`` extra
+    (the core install of a board that serves LLMs only) the image routes stay off, with a warning saying so."""
+    try:
+        from image_engine.app import mount_image_routes
+        from image_engine.config import EngineConfig
+    except ModuleNotFoundError as exc:
+        if exc.name not in IMAGES_EXTRA:
+            raise
+        log.warning("image routes off: the image service needs %s, from the images extra "
+                    "(pip install 'exo-rk[images]')", exc.name)
+        return False
 
     warn_ignored_image_names(os.environ)
     mount_image_routes(app, EngineConfig(sr=config.sr, generate=config.generate),
                        npu_gate=lambda: service.arbiter.turn("image"))
+    return True
 
 
 def main_serve(config: BridgeConfig) -> int:
