@@ -44,6 +44,7 @@ from exo_rk.compat import InferenceEngine, Shard, ShardDownloader
 from exo_rk.errors import PartialShardError
 from exo_rk.request_state import RequestTable
 from exo_rk.settings import Settings
+from rk_common.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ class RKNNImageInferenceEngine(InferenceEngine):
             resp.close()
 
     async def _event(self, job: _ImageJob) -> dict:
-        event = await asyncio.wait_for(job.events.get(), timeout=self.settings.step_timeout)
+        event = await within(job.events.get(), self.settings.step_timeout)
         if event.get("type") == "error":
             reason = event.get("error", {}).get("message", "image generation failed")
             raise ImageGenerationError(reason, reason)

@@ -54,6 +54,7 @@ from exo_rk import errors, pool_metrics
 from exo_rk.client import BridgeClient, GenerationParams, ModelInfo, OneShotReply, StreamEnd, StreamEvent
 from exo_rk.first_token import PrefillRate, first_token_budget
 from exo_rk.settings import Settings, parse_servers
+from rk_common.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -734,4 +735,4 @@ async def _next_within(events: AsyncIterator[StreamEvent], seconds: Optional[flo
     """The next event, or ``asyncio.TimeoutError`` after ``seconds`` (None: no limit)."""
     if seconds is None:
         return await events.__anext__()
-    return await asyncio.wait_for(events.__anext__(), seconds)
+    return await within(events.__anext__(), seconds)

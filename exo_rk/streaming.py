@@ -18,6 +18,7 @@ from typing import AsyncIterator, Optional
 
 from exo_rk import errors
 from exo_rk.client import StreamEnd, StreamEvent, TokenEvent
+from rk_common.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,10 @@ class StreamingSession:
         timeout = self.first_token_timeout if first else self.token_timeout
         self.waiting = True
         try:
-            item = await asyncio.wait_for(self._queue.get(), timeout)
+            try:
+                item = self._queue.get_nowait()  # tokens usually wait here already: no timer, no task
+            except asyncio.QueueEmpty:
+                item = await within(self._queue.get(), timeout)
         except asyncio.TimeoutError:
             return self._stop("timeout", f"no token from the bridge for {timeout:.0f} s", first)
         finally:
