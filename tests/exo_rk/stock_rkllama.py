@@ -131,11 +131,11 @@ class StockServer:
 
     # -- generation -----------------------------------------------------------------------------
 
-    def _conversation(self, route: str, messages: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    def _conversation(self, route: str, messages: List[Dict[str, Any]], stream: Any = None) -> List[Dict[str, Any]]:
         """The conversation as the server templates it; raises ValueError as the forks do."""
         if self.record is not None:
             with self.record.open("a") as out:
-                out.write(json.dumps({"route": route, "messages": messages}) + "\n")
+                out.write(json.dumps({"route": route, "messages": messages, "stream": stream}) + "\n")
         prompt = list(messages)
         if self.args.refuse_system:
             prompt = [{"role": "system", "content": OWN_SYSTEM}] + prompt
@@ -176,7 +176,7 @@ class StockServer:
             return web.json_response({"error": "No models are currently loaded."}, status=400)
         data = await request.json()
         try:
-            prompt = self._conversation("/generate", data["messages"])
+            prompt = self._conversation("/generate", data["messages"], data.get("stream"))
         except ValueError as exc:
             return self._refusal(exc)
         pieces, counted = self._pieces(data["messages"])
@@ -221,7 +221,7 @@ class StockServer:
             if refused is not None:
                 return web.json_response({"error": f"Failed to load model '{model}'"}, status=500)
         try:
-            prompt = self._conversation(request.path, data.get("messages") or [])
+            prompt = self._conversation(request.path, data.get("messages") or [], data.get("stream"))
         except ValueError as exc:
             return self._refusal(exc)
         pieces, counted = self._pieces(data.get("messages") or [])

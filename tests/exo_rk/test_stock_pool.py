@@ -1,0 +1,40 @@
+"""A pool of several stock rkllama servers in one-shot mode streams over the stock stream routes, as one
+server does (not the cached ``/generate``), and spreads the requests over the servers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from exo_rk.engine import RKLLMInferenceEngine
+from exo_rk.settings import Settings
+from tests.exo_rk.bridges import SIM_MODEL, sim_cards
+from tests.exo_rk.harness import chat
+from tests.exo_rk.stock_rkllama import reply_words
+from tests.exo_rk.test_stock_peers import CONVERSATION, WORDS, Double, stock_home  # noqa: F401 - fixture
+
+
+@pytest.fixture(scope="module")
+def doubles(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stock-pool")
+    with Double(tmp / "a.jsonl") as a, Double(tmp / "b.jsonl", "--fork", "jfreed") as b:
+        yield a, b
+
+
+async def test_a_pool_of_stock_servers_streams_over_their_stream_routes(doubles, stock_home):  # noqa: F811
+    a, b = doubles
+    a.quirks("--ttft", "0.3")  # a slow first piece keeps the first request on a while the second starts
+    b.quirks("--fork", "jfreed", "--ttft", "0.3")
+    settings = Settings(servers=(a.url, b.url), exo_home=stock_home, mode="oneshot")
+    eng = RKLLMInferenceEngine(None, settings=settings, cards=sim_cards())
+    try:
+        results = await asyncio.gather(chat(eng, SIM_MODEL, CONVERSATION), chat(eng, SIM_MODEL, CONVERSATION[:2]))
+    finally:
+        await eng.cleanup()
+    received = a.received() + b.received()
+    assert sorted(r["route"] for r in received) == ["/generate", "/v1/chat/completions"]
+    assert all(r["stream"] is True for r in received)
+    for (run, text), messages in zip(results, (CONVERSATION, CONVERSATION[:2]), strict=True):
+        assert run.finished_by_eos
+        assert text == "".join(reply_words(messages, WORDS))
