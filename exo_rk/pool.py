@@ -48,7 +48,15 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from exo_rk import errors, pool_metrics
-from exo_rk.client import BridgeClient, GenerationParams, ModelInfo, OneShotReply, StreamEnd, StreamEvent
+from exo_rk.client import (
+    BridgeClient,
+    EmbeddingsReply,
+    GenerationParams,
+    ModelInfo,
+    OneShotReply,
+    StreamEnd,
+    StreamEvent,
+)
 from exo_rk.first_token import PrefillRate, first_token_budget
 from exo_rk.settings import STOCK_ROUTES, Settings, parse_servers
 from exo_rk.stock_routes import StockServer
@@ -559,6 +567,31 @@ class BridgePool:
         failure is retried on another bridge."""
         return await self._with_failover(model, lambda b: b.client.generate_oneshot(model, messages, params),
                                          count=True)
+
+    async def embed(self, model: str, texts: Sequence[str]) -> EmbeddingsReply:
+        """Embeddings from the best bridge for ``model``; a bridge that fails retryably or cannot embed
+        (``EmbeddingsUnsupported``, not a health problem) is passed over for the next one."""
+        tried: List[Bridge] = []
+        failures: List[BaseException] = []
+        while True:
+            try:
+                bridge = await self._candidate(model, tried, failures)
+            except NoBridgeAvailable:
+                unsupported = [f for f in failures if isinstance(f, errors.EmbeddingsUnsupported)]
+                if unsupported:
+                    raise unsupported[-1] from None
+                raise
+            bridge.begin(model)
+            try:
+                return await bridge.client.embed(model, texts)
+            except (*RETRYABLE, errors.EmbeddingsUnsupported) as exc:
+                if not isinstance(exc, errors.EmbeddingsUnsupported):
+                    self._failed(bridge, exc)
+                    self.retries += 1
+                tried.append(bridge)
+                failures.append(exc)
+            finally:
+                bridge.end(model)
 
     async def _with_failover(self, model: Optional[str], call: Callable[[Bridge], Awaitable[Any]], *,
                              count: bool = False) -> Any:
