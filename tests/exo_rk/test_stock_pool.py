@@ -7,11 +7,13 @@ import asyncio
 
 import pytest
 
+from exo_rk import errors
 from exo_rk.engine import RKLLMInferenceEngine
+from exo_rk.pool import BridgePool
 from exo_rk.settings import Settings
 from tests.exo_rk.bridges import SIM_MODEL, sim_cards
 from tests.exo_rk.harness import chat
-from tests.exo_rk.stock_rkllama import reply_words
+from tests.exo_rk.stock_rkllama import embedding_of, reply_words
 from tests.exo_rk.test_stock_peers import CONVERSATION, WORDS, Double, stock_home  # noqa: F401 - fixture
 
 
@@ -38,3 +40,22 @@ async def test_a_pool_of_stock_servers_streams_over_their_stream_routes(doubles,
     for (run, text), messages in zip(results, (CONVERSATION, CONVERSATION[:2]), strict=True):
         assert run.finished_by_eos
         assert text == "".join(reply_words(messages, WORDS))
+
+
+async def test_the_pool_embeds_on_a_server_that_can_and_says_why_none_can(doubles):
+    a, b = doubles
+    a.quirks()
+    b.quirks("--fork", "jfreed", "--preload", SIM_MODEL)  # b holds the model, so it is asked first
+    pool = BridgePool([a.url, b.url])
+    alone = BridgePool([b.url])
+    try:
+        reply = await pool.embed(SIM_MODEL, ["first text", "second"])
+        dispatched = {u["url"]: u["dispatched"] for u in pool.bridges()}
+        with pytest.raises(errors.EmbeddingsUnsupported, match="no /v1/embeddings route"):
+            await alone.embed(SIM_MODEL, ["x"])
+    finally:
+        await pool.close()
+        await alone.close()
+    assert reply.vectors == [embedding_of("first text"), embedding_of("second")]
+    assert reply.prompt_tokens == 3
+    assert dispatched == {a.url: 1, b.url: 1}  # b, which cannot embed, was asked first and passed over
