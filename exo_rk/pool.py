@@ -323,6 +323,11 @@ class BridgePool:
         except (errors.BridgeError, asyncio.TimeoutError) as exc:
             self._mark_down(bridge, f"stock server check failed: {exc!r}", probed=True)
             return
+        if not (found.models or found.loaded_route or found.version):
+            bridge.stock.discovery = None  # asked again at the next probe
+            self._mark_down(bridge, "neither a bridge (no /health) nor a stock rkllama (no /models, "
+                            "/api/tags or /current_model)", probed=True)
+            return
         bridge.store = set(found.models) or None
         self._apply_health(bridge, {"models": [{"name": name, "instances": 1} for name in loaded or ()]})
 
