@@ -33,6 +33,8 @@ RKLLM_INFER_GET_LAST_HIDDEN_LAYER = 1
 # Return values of the int-returning result callback (1.2.1+): 0 continue, 1 pause.
 CALLBACK_CONTINUE = 0
 CALLBACK_PAUSE = 1
+# 1.3.0: "release the current output buffer", for the large buffers of the hidden-layer and logits modes.
+CALLBACK_RELEASE = 2
 
 
 class RKLLMLoraAdapter(ctypes.Structure):
@@ -107,6 +109,7 @@ class Abi:
     is_running_busy: int  # what rkllm_is_running returns while a run is in progress, per the header
     RKLLMCallback: type | None = None  # the 1.3 callback struct
     hidden_layer_state: int = RKLLM_RUN_NORMAL  # the LLMCallState of the callback carrying last_hidden_layer
+    callback_can_release: bool = False  # the callback may return CALLBACK_RELEASE (1.3)
 
     @property
     def has_n_image(self) -> bool:

@@ -41,6 +41,7 @@ from ..runtimes.base import (
 from .abi_common import (
     CALLBACK_CONTINUE,
     CALLBACK_PAUSE,
+    CALLBACK_RELEASE,
     RKLLM_INFER_GENERATE,
     RKLLM_INFER_GET_LAST_HIDDEN_LAYER,
     RKLLM_INPUT_MULTIMODAL,
@@ -128,9 +129,10 @@ class _Router:
     its finalizer can still keep the callback alive until rkllm_destroy has returned.
     """
 
-    def __init__(self, returns_int: bool, hidden_layer_state: int = RKLLM_RUN_NORMAL):
+    def __init__(self, returns_int: bool, hidden_layer_state: int = RKLLM_RUN_NORMAL, can_release: bool = False):
         self.returns_int = returns_int
         self.hidden_layer_state = hidden_layer_state
+        self.can_release = can_release
         self.current: _Run | None = None
 
     def on_result(self, result_ptr, userdata, state) -> int | None:
@@ -154,7 +156,7 @@ class _Router:
                 # Copied here: the library frees the buffer once the callback returns.
                 shape = (layer.num_tokens, layer.embd_size)
                 run.events.put((_HIDDEN, np.ctypeslib.as_array(layer.hidden_states, shape=shape).copy()))
-                return CALLBACK_CONTINUE
+                return CALLBACK_RELEASE if self.can_release else CALLBACK_CONTINUE  # copied: 1.3 may free it now
         if state in (RKLLM_RUN_NORMAL, RKLLM_RUN_WAITING):
             if result_ptr:
                 r = result_ptr.contents
@@ -209,7 +211,8 @@ class RKLLMHandle(ModelHandle):
         self._image_tags = image_tags(spec)
         if spec.options.get("VISION_ENCODER") and hasattr(self._param, "img_start"):  # before 1.3: set at init
             self._param.img_start, self._param.img_end, self._param.img_content = self._image_tags
-        self._router = _Router(self.abi.callback_returns_int, self.abi.hidden_layer_state)
+        self._router = _Router(self.abi.callback_returns_int, self.abi.hidden_layer_state,
+                               self.abi.callback_can_release)
         self._callback = self.abi.LLMResultCallback(self._router.on_result)
         self._callback_struct = None
         handle = LLMHandle()

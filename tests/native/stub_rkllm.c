@@ -35,7 +35,10 @@
  * its bytes) generates nothing: like the real library, the run calls back once with the prompt's last
  * hidden layer in RKLLMResult.last_hidden_layer (num_tokens = the prompt's length, embd_size =
  * RKLLM_STUB_EMBED_DIM, text "" and token_id -1; state RKLLM_RUN_GET_LAST_HIDDEN_LAYER on 1.1.x,
- * RKLLM_RUN_NORMAL from 1.2.0), then with RKLLM_RUN_FINISH. The buffer is freed once the callback returns.
+ * RKLLM_RUN_NORMAL from 1.2.0), then with RKLLM_RUN_FINISH. The buffer is freed once the callback returns
+ * (1.3.0's callback may return 2 to release it, which is the same here). With RKLLM_STUB_RECORD the
+ * callback's return value is recorded as {"event": "hidden_layer", ..., "num_tokens", "embd_size",
+ * "callback_returned"} (0 for the void callback of 1.1/1.2.0).
  * Hidden state of prompt token t (0-based position, id ids[t]), component j (0 <= j < embd_size):
  *   hidden[t][j] = (float)((ids[t] * 31 + (t + 1) * 17 + j * 7) % 101) / 101.0f - 0.5f
  * (integer arithmetic in 64 bits, ids taken as non-negative), so the vector depends on every token and
@@ -837,11 +840,19 @@ static void hidden_run(Stub* s, Job* job) {
     result.last_hidden_layer.embd_size = (int)dim;
     result.last_hidden_layer.num_tokens = (int)job->n_ids;
 #if RKLLM_ABI == 110
-    deliver(s, &result, RKLLM_RUN_GET_LAST_HIDDEN_LAYER);
+    int ret = deliver(s, &result, RKLLM_RUN_GET_LAST_HIDDEN_LAYER);
 #else
-    deliver(s, &result, RKLLM_RUN_NORMAL);
+    int ret = deliver(s, &result, RKLLM_RUN_NORMAL);
 #endif
-    free(states);
+    free(states); /* after the callback either way; 1.3's return value 2 asks for exactly this */
+    if (s->record_path != NULL) {
+        Str r = {0};
+        str_add(&r, "{\"event\": \"hidden_layer\", \"abi\": %d, \"pid\": %d, \"handle\": \"%p\", "
+                "\"num_tokens\": %zu, \"embd_size\": %zu, \"callback_returned\": %d}", RKLLM_ABI, (int)getpid(),
+                (void*)s, job->n_ids, dim, ret);
+        record_write(s, &r);
+        free(r.buf);
+    }
     memset(&result, 0, sizeof(result));
     result.token_id = -1;
 #if RKLLM_ABI >= 121

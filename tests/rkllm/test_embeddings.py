@@ -41,7 +41,11 @@ def test_the_hidden_layer_is_mean_pooled_on_every_abi(abi, stub_runtime, stub_mo
     assert np.allclose(other, expected_embedding(ids[:-1], DIM), rtol=0, atol=1e-6)
     assert not np.allclose(vector, other)
     assert tokens == REPLY  # the hidden-layer runs generated nothing the next generation sees
-    runs = [r for r in read_records(record) if r["event"] == "run"]
+    records = read_records(record)
+    runs = [r for r in records if r["event"] == "run"]
+    layers = [r for r in records if r["event"] == "hidden_layer"]
+    assert [(r["num_tokens"], r["embd_size"]) for r in layers] == [(5, DIM), (4, DIM)]
+    assert {r["callback_returned"] for r in layers} == {2 if abi == "1.3" else 0}  # 1.3 releases the buffer
     assert [r["mode"] for r in runs] == [1, 1, 0]
     assert runs[0]["token_ids"] == ids and runs[0]["input_type"] == "token"
     assert runs[0]["keep_history"] == (None if abi == "1.1" else 0)
