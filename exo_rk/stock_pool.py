@@ -4,7 +4,9 @@
 Each server keeps its own ladder (``Bridge.stock``: the routes that work there, whether it refuses system
 messages), so a pool streams over the stock stream routes exactly as one server does; the cached
 ``/generate`` is used only where it is the best route left. A request moves to another server only while
-nothing of its reply has been handed out; after that a failure ends it.
+nothing of its reply has been handed out; after that a failure ends it. A one-model server that holds
+another model (and may not unload it, ``RKLLM_STOCK_UNLOAD_OTHER``) is passed over for the next server;
+when every server is like that the request fails with that server's reason.
 """
 
 from __future__ import annotations
@@ -52,11 +54,43 @@ class StockPool:
         await self.pool._ensure_started()
         if any(model in b.loaded for b in self._live()):
             return
-        await self.pool._with_failover(model, lambda b: self._load(b, model), count=True)
+        tried: List[Bridge] = []
+        failures: List[BaseException] = []
+        while True:
+            bridge = await self._next(model, tried, failures)
+            bridge.begin(model)
+            try:
+                return await self._load(bridge, model)
+            except BaseException as exc:
+                self._passed_over(bridge, exc, tried, failures)
+            finally:
+                bridge.end(model)
 
     async def _load(self, bridge: Bridge, model: str) -> None:
         await self._server(bridge).ensure_model(model)
         bridge.loaded.setdefault(model, 1)
+
+    async def _next(self, model: str, tried: List[Bridge], failures: List[BaseException]) -> Bridge:
+        """The next server to try; when none is left and some held another model, that reason."""
+        try:
+            return await self.pool._candidate(model, tried, failures)
+        except errors.BridgeError:
+            conflicts = [f for f in failures if _holds_another_model(f)]
+            if conflicts:
+                raise conflicts[-1] from None
+            raise
+
+    def _passed_over(self, bridge: Bridge, exc: BaseException, tried: List[Bridge],
+                     failures: List[BaseException]) -> None:
+        """Re-raise ``exc`` unless another server may do better; then note the attempt."""
+        if not isinstance(exc, RETRYABLE) and not _holds_another_model(exc):
+            raise exc
+        if isinstance(exc, RETRYABLE):
+            self.pool._failed(bridge, exc)
+            self.pool.retries += 1
+        tried.append(bridge)
+        failures.append(exc)
+        log.info("pool: stock server %s cannot take the request (%s); trying another one", bridge.url, exc)
 
     def stream(self, model: str, messages: Sequence[Dict[str, Any]], params: GenerationParams,
                encode: Callable[[str], List[int]], request_id: str = "") -> AsyncIterator[StreamEvent]:
@@ -68,7 +102,7 @@ class StockPool:
         tried: List[Bridge] = []
         failures: List[BaseException] = []
         while True:
-            bridge = await pool._candidate(model, tried, failures)
+            bridge = await self._next(model, tried, failures)
             bridge.begin(model)
             server = self._server(bridge)
             events = server.stream(model, messages, params, encode, request_id)
@@ -84,14 +118,7 @@ class StockPool:
             except BaseException as exc:
                 bridge.end(model)
                 await events.aclose()
-                if not isinstance(exc, RETRYABLE):
-                    raise
-                pool._failed(bridge, exc)
-                tried.append(bridge)
-                failures.append(exc)
-                pool.retries += 1
-                log.info("pool: stock server %s could not start %s (%s); trying another one", bridge.url, model,
-                         exc)
+                self._passed_over(bridge, exc, tried, failures)
         log.debug("request %s: stock server %s", request_id, bridge.url)
         try:
             yield first
@@ -103,3 +130,7 @@ class StockPool:
         finally:
             bridge.end(model)
             await events.aclose()
+
+
+def _holds_another_model(exc: BaseException) -> bool:
+    return isinstance(exc, errors.BadBridgeRequest) and exc.code == "model_conflict"

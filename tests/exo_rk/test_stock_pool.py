@@ -8,11 +8,12 @@ import asyncio
 import pytest
 
 from exo_rk import errors
+from exo_rk.client import GenerationParams
 from exo_rk.engine import RKLLMInferenceEngine
 from exo_rk.pool import BridgePool
 from exo_rk.settings import Settings
 from tests.exo_rk.bridges import SIM_MODEL, sim_cards
-from tests.exo_rk.harness import chat
+from tests.exo_rk.harness import chat, until
 from tests.exo_rk.stock_rkllama import embedding_of, reply_words
 from tests.exo_rk.test_stock_peers import CONVERSATION, WORDS, Double, stock_home  # noqa: F401 - fixture
 
@@ -59,3 +60,25 @@ async def test_the_pool_embeds_on_a_server_that_can_and_says_why_none_can(double
     assert reply.vectors == [embedding_of("first text"), embedding_of("second")]
     assert reply.prompt_tokens == 3
     assert dispatched == {a.url: 1, b.url: 1}  # b, which cannot embed, was asked first and passed over
+
+
+async def test_a_server_holding_another_model_is_passed_over(doubles):
+    a, b = doubles
+    one_model = ["--fork", "jfreed", "--single-model", "--models", f"{SIM_MODEL},other"]
+    a.quirks(*one_model, "--preload", "other")  # listed first, so asked first
+    b.quirks(*one_model)
+    pool = BridgePool([a.url, b.url], stock_routes=("generate",), health_interval=0.1)
+    ladder = pool.stock_ladder()
+    try:
+        await ladder.ensure_model(SIM_MODEL)
+        pieces = [e async for e in ladder.stream(SIM_MODEL, CONVERSATION[1:2], GenerationParams(), lambda t: [len(t)])]
+        served = [r["route"] for r in a.received()], [r["route"] for r in b.received()]
+        b.quirks(*one_model, "--preload", "other")  # now every server holds another model
+        await until(lambda: all(u["loaded"] == {"other": 1} for u in pool.bridges()), what="the next probes")
+        with pytest.raises(errors.BadBridgeRequest, match="RKLLM_STOCK_UNLOAD_OTHER"):
+            async for _ in ladder.stream(SIM_MODEL, CONVERSATION[1:2], GenerationParams(), lambda t: [1]):
+                pass
+    finally:
+        await pool.close()
+    assert served == ([], ["/generate"])
+    assert [e.token_id for e in pieces[:-1]] == [len(w) for w in reply_words(CONVERSATION[1:2], WORDS)]
