@@ -73,8 +73,8 @@ async def _engine(engine: RKLLMInferenceEngine) -> dict:
     return {"ttft": ttft, "retokenized": len(tokens), "server": usage.get("completion_tokens")}
 
 
-async def _measure(home: Path, url: str, routes) -> dict:
-    settings = Settings(servers=(url,), exo_home=home, stock_routes=routes)
+async def _measure(home: Path, urls: tuple, routes) -> dict:
+    settings = Settings(servers=urls, exo_home=home, stock_routes=routes, mode="oneshot")
     cards = {MODEL: ModelCard(MODEL, MODEL, SMOL, 30, MODEL)}
     engine = RKLLMInferenceEngine(None, settings=settings, cards=cards)
     try:
@@ -99,12 +99,14 @@ def run() -> str:
         jfreed, j_url = _start(tmp, "jfreed", "--fork", "jfreed", "--refuse-system")
         try:
             direct = median([asyncio.run(_direct(p_url)) for _ in range(RUNS)])
-            cases = [("/v1/chat/completions stream (rkllama 0.0.74)", p_url, ("openai",)),
-                     ("/api/chat stream (rkllama 0.0.74)", p_url, ("ollama",)),
-                     ("/generate stream (jfreed, system merged)", j_url, ("generate",)),
-                     ("/generate whole, cached (one-shot)", j_url, ("oneshot",))]
-            for label, url, routes in cases:
-                m = asyncio.run(_measure(tmp / "home", url, routes))
+            cases = [("/v1/chat/completions stream (rkllama 0.0.74)", (p_url,), ("openai",)),
+                     ("/api/chat stream (rkllama 0.0.74)", (p_url,), ("ollama",)),
+                     ("/generate stream (jfreed, system merged)", (j_url,), ("generate",)),
+                     ("/generate whole, cached (one-shot)", (j_url,), ("oneshot",)),
+                     ("pool of both servers, each one's best route", (p_url, j_url), ("openai", "ollama",
+                                                                                       "generate", "oneshot"))]
+            for label, urls, routes in cases:
+                m = asyncio.run(_measure(tmp / "home", urls, routes))
                 rows.append((label, round(direct * 1000, 1), round(m["ttft"] * 1000, 1),
                              round(m["ttft"] / direct, 2), m["server"], m["retokenized"]))
         finally:

@@ -90,6 +90,14 @@ class OneShotReply:
     usage: Dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class EmbeddingsReply:
+    """A bridge's embeddings: one vector per input, and the prompt tokens they took."""
+
+    vectors: List[List[float]]
+    prompt_tokens: int
+
+
 class GenerationBackend(Protocol):
     """What the engine needs from "the bridges". Implemented by ``BridgeClient`` and by a pool."""
 
@@ -112,6 +120,8 @@ class GenerationBackend(Protocol):
     async def tokenizer_files(self, model: str) -> Tuple[List[str], Optional[str]]: ...
 
     async def tokenizer_file(self, model: str, name: str) -> bytes: ...
+
+    async def embed(self, model: str, texts: Sequence[str]) -> EmbeddingsReply: ...
 
     async def close(self) -> None: ...
 
@@ -260,6 +270,37 @@ class BridgeClient:
     async def tokenizer_file(self, model: str, name: str) -> bytes:
         raw = await self._call("GET", f"/v1/models/{model}/tokenizer/{name}")
         return raw if isinstance(raw, bytes) else json.dumps(raw).encode()
+
+    async def embed(self, model: str, texts: Sequence[str]) -> EmbeddingsReply:
+        """``POST /v1/embeddings`` of ``texts``. ``EmbeddingsUnsupported`` when the server's runtime gives
+        no hidden states (501) or the server has no such route (a 404/405 without a JSON error)."""
+        try:
+            data = await self._call("POST", "/v1/embeddings", {"model": model, "input": list(texts)},
+                                    timeout=self.stream_read_timeout)
+        except errors.BridgeError as exc:
+            if exc.status == 501:
+                raise errors.EmbeddingsUnsupported(exc.message, status=501, code=exc.code, url=exc.url) from None
+            if exc.status in (404, 405) and exc.code is None:
+                raise errors.EmbeddingsUnsupported("the server has no /v1/embeddings route (a stock rkllama "
+                                                   "of the original API?)", status=exc.status, url=exc.url) from None
+            raise
+        try:
+            items = sorted(data["data"], key=lambda item: int(item.get("index", 0)))
+            vectors = [[float(x) for x in item["embedding"]] for item in items]
+            tokens = int((data.get("usage") or {}).get("prompt_tokens") or 0)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise errors.BridgeProtocolError(f"unexpected /v1/embeddings answer: {data!r:.300}",
+                                             url=self.base_url) from None
+        if len(vectors) == 1 < len(texts) and vectors[0] and len(vectors[0]) % len(texts) == 0:
+            # rkllama 0.0.74's OpenAI route concatenates the vectors of all inputs into one item.
+            size = len(vectors[0]) // len(texts)
+            log.info("%s: one concatenated vector for %d inputs (rkllama's /v1/embeddings); split in %d-float "
+                     "vectors", self.base_url, len(texts), size)
+            vectors = [vectors[0][i * size:(i + 1) * size] for i in range(len(texts))]
+        if len(vectors) != len(texts):
+            raise errors.BridgeProtocolError(f"/v1/embeddings answered {len(vectors)} vectors for {len(texts)} "
+                                             "inputs", url=self.base_url)
+        return EmbeddingsReply(vectors, tokens)
 
     async def has_native_stream(self) -> bool:
         """True when the server speaks ``POST /v1/generate`` (a bridge); False for a stock rkllama.

@@ -196,7 +196,7 @@ class RKLLMInferenceEngine(InferenceEngine):
         return _LoadedModel(card, info, tokenizer, native)
 
     def stock_server(self) -> Optional[StockServer]:
-        """The one-shot protocol ladder over the backend when it is one server (None for a pool)."""
+        """The one-shot protocol ladder over the backend: one server's, or a pool's over its servers."""
         if self._stock is None:
             self._stock = stock_server_for(self.backend, self.settings)
         return self._stock
@@ -294,7 +294,8 @@ class RKLLMInferenceEngine(InferenceEngine):
     async def _start_oneshot(self, request_id: str, loaded: _LoadedModel, ids: List[int],
                              messages: Optional[List[Any]], params: GenerationParams) -> Any:
         """The message list to the stock server's best route (``exo_rk.stock_routes``): streamed when it
-        streams; for a pool, ``/generate`` once, the reply re-tokenized and cached."""
+        streams (one server or a pool of them); a backend without a ladder gets ``/generate`` once, the
+        reply re-tokenized and cached."""
         source = "caller"
         if not messages:
             source = "prompt"

@@ -63,6 +63,11 @@ class StreamNotSupported(BridgeError):
     """The server has no native token stream (a stock rkllama): use the one-shot mode."""
 
 
+class EmbeddingsUnsupported(BridgeError):
+    """The server cannot compute embeddings: its runtime gives no hidden states (HTTP 501), or it has no
+    embeddings route at all (a stock rkllama of the original API)."""
+
+
 class PartialShardError(ValueError):
     """exo asked for a layer range; RKLLM runs whole models only (scale is request-level)."""
 

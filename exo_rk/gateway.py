@@ -9,7 +9,8 @@ streams and nothing that cannot fit is sent to a bridge. A client that hangs up,
 cancels its handler, which aborts the generation on the board.
 
 Routes: ``POST /v1/chat/completions`` (JSON or SSE ending with
-``data: [DONE]``; ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``, usage), ``GET /v1/models``,
+``data: [DONE]``; ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``, usage), ``POST /v1/embeddings``
+(``exo_rk.gateway_embeddings``), ``GET /v1/models``,
 ``GET /health``. Errors are OpenAI's ``{"error": {"code", "message", "type", "param"}}`` with a 4xx/5xx
 status; the chat request and reply are :mod:`rk_common.openai_chat`, the same as the bridge's.
 """
@@ -31,6 +32,7 @@ from exo_rk.detok import TextStream
 from exo_rk.engine import STATE_IMAGES, STATE_MESSAGES, STATE_PARAMS, RKLLMInferenceEngine
 from exo_rk.gateway_body import install_workers, read_json, run_cpu
 from exo_rk.gateway_context import DEFAULT_MODEL_KEY, ENGINE_KEY, LIFECYCLE_KEY, Lifecycle, bridge_error, request_id
+from exo_rk.gateway_embeddings import handle_embeddings
 from exo_rk.gateway_images import handle_image_generations
 from exo_rk.openapi import handle_openapi
 from exo_rk.prompt_limits import check_context, check_prompt_chars
@@ -387,6 +389,7 @@ def create_app(
     app.router.add_post("/chat/completions", handle_chat)
     app.router.add_post("/v1/completions", handle_completions)
     app.router.add_get("/v1/models", handle_models)
+    app.router.add_post("/v1/embeddings", _counted(handle_embeddings))
     app.router.add_post("/v1/images/generations", handle_image_generations)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/health/ready", handle_ready)

@@ -21,6 +21,15 @@ IMAGE_BODY = obj(("prompt",), prompt={"type": "string", "minLength": 1},
                  response_format={"type": "string", "enum": ["b64_json"]},
                  size={"type": "string", "pattern": "^[0-9]+x[0-9]+$"}, num_inference_steps={"type": "integer"},
                  guidance_scale={"type": "number"}, seed={"type": "integer"}, mode={"type": "string"})
+EMBEDDINGS_BODY = obj(("input",), model={"type": "string"},
+                      input={"oneOf": [{"type": "string", "minLength": 1},
+                                       {"type": "array", "minItems": 1, "maxItems": 64,
+                                        "items": {"type": "string", "minLength": 1}}]},
+                      encoding_format={"type": "string", "enum": ["float", "base64"]})
+EMBEDDINGS_OK = obj(("object", "data", "model", "usage"), data={"type": "array", "items": obj(
+    ("object", "index", "embedding"), embedding={"oneOf": [{"type": "array", "items": {"type": "number"}},
+                                                           {"type": "string"}]})},
+    usage=obj(("prompt_tokens", "total_tokens")))
 IMAGES_OK = obj(("created", "data"), created={"type": "integer"}, data={"type": "array", "items": obj(
     ("b64_json",), b64_json={"type": "string"})})
 
@@ -37,6 +46,9 @@ def build_spec() -> Dict[str, Any]:
                                        openai_chat.COMPLETIONS_SCHEMA, error=OPENAI_ERROR)},
         "/v1/models": {"get": op("the bridges' models", {JSON: obj(("object", "data"), data={
             "type": "array", "items": obj(("id",))})}, error=OPENAI_ERROR)},
+        "/v1/embeddings": {"post": op(
+            "OpenAI embeddings from a bridge serving the model: its last hidden layer, mean-pooled per input; "
+            "501 when the server cannot embed", {JSON: EMBEDDINGS_OK}, EMBEDDINGS_BODY, error=OPENAI_ERROR)},
         "/v1/images/generations": {"post": op(
             "OpenAI images through the engine's image path (the bridges' mounted image routes)", {JSON: IMAGES_OK},
             IMAGE_BODY, error=OPENAI_ERROR)},

@@ -28,6 +28,10 @@ bridge (``pick``):
 - **Deadlines**: ``first_token_timeout`` bounds the whole search for a bridge and its first token,
   ``request_timeout`` the whole request.
 
+A server without ``/health`` (a stock rkllama) is probed through its own model routes instead
+(``exo_rk.stock_routes``: what it serves, what it has loaded) and, in one-shot mode, each request streams
+from the server picked as above over that server's best stock route (``exo_rk.stock_pool``).
+
 Bridges join and leave at run time through ``add_bridge`` / ``remove_bridge``, a servers file
 (``RKLLM_SERVERS_FILE``, one ``host:port`` per line, re-read when it changes) or DNS: with
 ``resolve_interval`` (``RKLLM_POOL_RESOLVE_SECONDS``) above 0, a bridge given by name is looked up every
@@ -51,9 +55,18 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List
 from urllib.parse import urlsplit, urlunsplit
 
 from exo_rk import errors, pool_metrics
-from exo_rk.client import BridgeClient, GenerationParams, ModelInfo, OneShotReply, StreamEnd, StreamEvent
+from exo_rk.client import (
+    BridgeClient,
+    EmbeddingsReply,
+    GenerationParams,
+    ModelInfo,
+    OneShotReply,
+    StreamEnd,
+    StreamEvent,
+)
 from exo_rk.first_token import PrefillRate, first_token_budget
-from exo_rk.settings import Settings, parse_servers
+from exo_rk.settings import STOCK_ROUTES, Settings, parse_servers
+from exo_rk.stock_routes import StockServer
 from rk_common.timeouts import within
 
 log = logging.getLogger(__name__)
@@ -126,6 +139,7 @@ class Bridge:
         self.by_model: Dict[str, int] = collections.Counter()
         self.uptime: Optional[float] = None
         self.prefill = PrefillRate()
+        self.stock: Optional[StockServer] = None  # set when the server turns out to be a stock rkllama
         # one future per attempt waiting for its first token here; resolved (with why) on ejection
         self.starting: set[asyncio.Future] = set()
         # backoff state for probes
@@ -194,8 +208,11 @@ class BridgePool:
                  health_timeout: float = 2.0, min_backoff: float = 0.25, max_backoff: float = 2.0,
                  first_token_floor: float = 10.0, first_token_cap: float = 120.0,
                  servers_file: Optional[Path] = None, resolve_interval: float = 0.0,
-                 resolve: Optional[Resolver] = None):
+                 resolve: Optional[Resolver] = None, stock_routes: Sequence[str] = STOCK_ROUTES,
+                 merge_system: str = "auto", stock_unload_other: bool = False):
         self.token = token
+        self.stock_options = {"routes": tuple(stock_routes), "merge": merge_system,
+                              "unload_other": stock_unload_other}
         self.connect_timeout = connect_timeout
         self.stream_read_timeout = stream_read_timeout
         self.first_token_timeout = first_token_timeout
@@ -233,7 +250,9 @@ class BridgePool:
                    first_token_timeout=settings.first_token_timeout, request_timeout=settings.request_timeout,
                    health_interval=settings.health_interval, max_backoff=settings.health_max_backoff,
                    first_token_floor=settings.first_token_floor, first_token_cap=settings.first_token_cap,
-                   servers_file=settings.servers_file, resolve_interval=settings.resolve_interval)
+                   servers_file=settings.servers_file, resolve_interval=settings.resolve_interval,
+                   stock_routes=settings.stock_routes, merge_system=settings.merge_system,
+                   stock_unload_other=settings.stock_unload_other)
 
     def __repr__(self) -> str:
         up = sum(b.healthy for b in self._bridges.values())
@@ -379,9 +398,18 @@ class BridgePool:
     async def _check(self, bridge: Bridge) -> None:
         """Probe ``bridge`` once and update its state; never raises."""
         try:
+            if bridge.stock is not None:
+                return await self._check_stock(bridge)
             health = await bridge.probe.health()
             if not bridge.healthy or bridge.store is None:
                 bridge.store = set(await bridge.probe.list_models())
+        except errors.ModelNotFound as exc:
+            if exc.code is not None:  # a bridge's own JSON 404: not what a server without /health answers
+                self._mark_down(bridge, f"health check failed: {exc}", probed=True)
+                return
+            log.info("pool: %s has no /health: a stock rkllama, probed through its model routes", bridge.url)
+            bridge.stock = StockServer(bridge.client, **self.stock_options)
+            return await self._check_stock(bridge)
         except errors.BridgeError as exc:
             self._mark_down(bridge, f"health check failed: {exc}", probed=True)
             return
@@ -389,6 +417,22 @@ class BridgePool:
             self._mark_down(bridge, f"health check failed: {exc!r}", probed=True)
             return
         self._apply_health(bridge, health)
+
+    async def _check_stock(self, bridge: Bridge) -> None:
+        """Probe a stock server: its model list (asked once) and the models it has loaded now."""
+        try:
+            found = await asyncio.wait_for(bridge.stock.discover(), 5 * self.health_timeout)
+            loaded = await asyncio.wait_for(bridge.stock.loaded_models(), self.health_timeout)
+        except (errors.BridgeError, asyncio.TimeoutError) as exc:
+            self._mark_down(bridge, f"stock server check failed: {exc!r}", probed=True)
+            return
+        if not (found.models or found.loaded_route or found.version):
+            bridge.stock.discovery = None  # asked again at the next probe
+            self._mark_down(bridge, "neither a bridge (no /health) nor a stock rkllama (no /models, "
+                            "/api/tags or /current_model)", probed=True)
+            return
+        bridge.store = set(found.models) or None
+        self._apply_health(bridge, {"models": [{"name": name, "instances": 1} for name in loaded or ()]})
 
     def _apply_health(self, bridge: Bridge, health: Dict[str, Any]) -> None:
         models = [m for m in health.get("models") or [] if isinstance(m, dict) and "name" in m]
@@ -634,6 +678,31 @@ class BridgePool:
         return await self._with_failover(model, lambda b: b.client.generate_oneshot(model, messages, params),
                                          count=True)
 
+    async def embed(self, model: str, texts: Sequence[str]) -> EmbeddingsReply:
+        """Embeddings from the best bridge for ``model``; a bridge that fails retryably or cannot embed
+        (``EmbeddingsUnsupported``, not a health problem) is passed over for the next one."""
+        tried: List[Bridge] = []
+        failures: List[BaseException] = []
+        while True:
+            try:
+                bridge = await self._candidate(model, tried, failures)
+            except NoBridgeAvailable:
+                unsupported = [f for f in failures if isinstance(f, errors.EmbeddingsUnsupported)]
+                if unsupported:
+                    raise unsupported[-1] from None
+                raise
+            bridge.begin(model)
+            try:
+                return await bridge.client.embed(model, texts)
+            except (*RETRYABLE, errors.EmbeddingsUnsupported) as exc:
+                if not isinstance(exc, errors.EmbeddingsUnsupported):
+                    self._failed(bridge, exc)
+                    self.retries += 1
+                tried.append(bridge)
+                failures.append(exc)
+            finally:
+                bridge.end(model)
+
     async def _with_failover(self, model: Optional[str], call: Callable[[Bridge], Awaitable[Any]], *,
                              count: bool = False) -> Any:
         """``call`` on the bridge ``pick`` chooses, then on the next one while it fails retryably."""
@@ -683,7 +752,7 @@ class BridgePool:
             live = [b for b in self._bridges.values() if b.healthy]
         if not live:
             raise NoBridgeAvailable(f"none of the {len(self._bridges)} bridges is up")
-        answers = await asyncio.gather(*(b.client.list_models() for b in live), return_exceptions=True)
+        answers = await asyncio.gather(*(_models_of(b) for b in live), return_exceptions=True)
         names: Dict[str, None] = {}
         for bridge, answer in zip(live, answers, strict=True):
             if isinstance(answer, BaseException):
@@ -694,6 +763,12 @@ class BridgePool:
         if not names and all(isinstance(a, BaseException) for a in answers):
             raise NoBridgeAvailable("no bridge answered the model list")
         return list(names)
+
+    def stock_ladder(self) -> Any:
+        """The one-shot mode over this pool's stock servers (``exo_rk.stock_pool.StockPool``)."""
+        from exo_rk.stock_pool import StockPool
+
+        return StockPool(self)
 
     async def has_native_stream(self) -> bool:
         """True when the live bridges speak the native stream (asked of one live bridge)."""
@@ -725,6 +800,12 @@ class BridgePool:
             await bridge.client.close()
             await bridge.probe.close()
         self._retired.clear()
+
+
+async def _models_of(bridge: Bridge) -> List[str]:
+    if bridge.stock is not None:
+        return list((await bridge.stock.discover()).models)
+    return await bridge.client.list_models()
 
 
 def _left(deadline: Optional[float]) -> Optional[float]:

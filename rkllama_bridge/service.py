@@ -533,7 +533,7 @@ class BridgeService:
             try:
                 vectors = [handle.embed(ids) for ids in prompts]
             except EmbeddingsUnsupported as exc:
-                raise BridgeError(f"{exc}: embeddings need the host or sim runtime", status=501,
+                raise BridgeError(f"{exc}: embeddings need the host, sim or rkllm runtime", status=501,
                                   code="embeddings_not_supported") from None
             finally:
                 entry.queue.release(handle)

@@ -1,7 +1,9 @@
 """librkllmrt C ABI of RKLLM 1.1.0-1.1.4 (``rkllm.h`` identical across those releases).
 
 RKLLMParam is 200 bytes; the result callback returns void and is passed to rkllm_init by value;
-RKLLMInferParam has no keep_history and there is no rkllm_clear_kv_cache.
+RKLLMInferParam has no keep_history and there is no rkllm_clear_kv_cache. A run in
+RKLLM_INFER_GET_LAST_HIDDEN_LAYER mode calls back with a state of its own, RKLLM_RUN_GET_LAST_HIDDEN_LAYER
+(4), which 1.2.0 dropped: from then on the hidden layer comes with RKLLM_RUN_NORMAL.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import ctypes
 
 from .abi_common import (
     BASE_SYMBOLS,
+    RKLLM_RUN_GET_LAST_HIDDEN_LAYER,
     Abi,
     LLMHandle,
     RKLLMEmbedInput,
@@ -138,4 +141,5 @@ ABI = Abi(
     has_run_overrides=False,
     clear_kv_cache_args=0,
     is_running_busy=0,
+    hidden_layer_state=RKLLM_RUN_GET_LAST_HIDDEN_LAYER,
 )

@@ -208,4 +208,5 @@ ABI = Abi(
     clear_kv_cache_args=4,
     is_running_busy=1,
     RKLLMCallback=RKLLMCallback,
+    callback_can_release=True,
 )

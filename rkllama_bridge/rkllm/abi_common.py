@@ -17,6 +17,8 @@ RKLLM_RUN_NORMAL = 0
 RKLLM_RUN_WAITING = 1
 RKLLM_RUN_FINISH = 2
 RKLLM_RUN_ERROR = 3
+# 1.1.x only: the state of the callback that carries the last hidden layer (later releases use RKLLM_RUN_NORMAL).
+RKLLM_RUN_GET_LAST_HIDDEN_LAYER = 4
 
 # typedef enum { RKLLM_INPUT_PROMPT = 0, RKLLM_INPUT_TOKEN = 1, RKLLM_INPUT_EMBED = 2, RKLLM_INPUT_MULTIMODAL = 3 }
 RKLLM_INPUT_PROMPT = 0
@@ -26,10 +28,13 @@ RKLLM_INPUT_MULTIMODAL = 3
 
 # typedef enum { RKLLM_INFER_GENERATE = 0, RKLLM_INFER_GET_LAST_HIDDEN_LAYER = 1, RKLLM_INFER_GET_LOGITS = 2 }
 RKLLM_INFER_GENERATE = 0
+RKLLM_INFER_GET_LAST_HIDDEN_LAYER = 1
 
 # Return values of the int-returning result callback (1.2.1+): 0 continue, 1 pause.
 CALLBACK_CONTINUE = 0
 CALLBACK_PAUSE = 1
+# 1.3.0: "release the current output buffer", for the large buffers of the hidden-layer and logits modes.
+CALLBACK_RELEASE = 2
 
 
 class RKLLMLoraAdapter(ctypes.Structure):
@@ -103,6 +108,8 @@ class Abi:
     clear_kv_cache_args: int  # 0 = no rkllm_clear_kv_cache, else its number of parameters
     is_running_busy: int  # what rkllm_is_running returns while a run is in progress, per the header
     RKLLMCallback: type | None = None  # the 1.3 callback struct
+    hidden_layer_state: int = RKLLM_RUN_NORMAL  # the LLMCallState of the callback carrying last_hidden_layer
+    callback_can_release: bool = False  # the callback may return CALLBACK_RELEASE (1.3)
 
     @property
     def has_n_image(self) -> bool:

@@ -6,6 +6,10 @@ run's queue and returns at once, so the runtime is never held up by the consumer
 on the caller's thread, takes events off the queue and calls ``on_token`` there (an exception from
 ``on_token`` aborts the run and is re-raised once the library has stopped). Each run passes its own
 id as ``userdata``; callbacks carrying another id (the tail of an earlier run) are dropped.
+
+``embed`` runs the prompt in RKLLM_INFER_GET_LAST_HIDDEN_LAYER mode: the library calls back once with the
+prompt's last hidden layer (state RKLLM_RUN_GET_LAST_HIDDEN_LAYER on 1.1, RKLLM_RUN_NORMAL later), which
+the callback copies before returning, and the handle mean-pools it over the tokens.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from ..runtimes.base import (
 from .abi_common import (
     CALLBACK_CONTINUE,
     CALLBACK_PAUSE,
+    CALLBACK_RELEASE,
     RKLLM_INFER_GENERATE,
+    RKLLM_INFER_GET_LAST_HIDDEN_LAYER,
     RKLLM_INPUT_MULTIMODAL,
     RKLLM_INPUT_PROMPT,
     RKLLM_INPUT_TOKEN,
@@ -57,6 +63,7 @@ OnText = Callable[[int, bytes], None]
 
 # Event kinds on a run's queue.
 _TOKEN, _FINISH, _ERROR, _CALLBACK_FAILED, _RETURNED = "token", "finish", "error", "callback-failed", "returned"
+_HIDDEN = "hidden"
 
 POLL_S = 0.05
 
@@ -92,15 +99,17 @@ class _Outcome:
     eos_id: int | None = None  # the EOS token the run stopped at (it went into the KV cache)
     delivered: list = field(default_factory=list)
     perf: _Perf = field(default_factory=_Perf)
+    hidden: np.ndarray | None = None  # num_tokens x embd_size, of a RKLLM_INFER_GET_LAST_HIDDEN_LAYER run
 
 
 class _Run:
     """One rkllm_run in flight."""
 
-    def __init__(self, run_id: int, limit: int, eos: frozenset):
+    def __init__(self, run_id: int, limit: int, eos: frozenset, hidden: bool = False):
         self.id = run_id
         self.limit = limit
         self.eos = eos
+        self.hidden = hidden  # a RKLLM_INFER_GET_LAST_HIDDEN_LAYER run: its callbacks carry hidden states
         self.events: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self.stop_requested = threading.Event()  # someone wants the library to stop this run
         self.user_aborted = False
@@ -120,8 +129,10 @@ class _Router:
     its finalizer can still keep the callback alive until rkllm_destroy has returned.
     """
 
-    def __init__(self, returns_int: bool):
+    def __init__(self, returns_int: bool, hidden_layer_state: int = RKLLM_RUN_NORMAL, can_release: bool = False):
         self.returns_int = returns_int
+        self.hidden_layer_state = hidden_layer_state
+        self.can_release = can_release
         self.current: _Run | None = None
 
     def on_result(self, result_ptr, userdata, state) -> int | None:
@@ -139,6 +150,13 @@ class _Router:
         return action if self.returns_int else None
 
     def _deliver(self, run: _Run, result_ptr, state: int) -> int:
+        if run.hidden and state == self.hidden_layer_state and result_ptr:
+            layer = result_ptr.contents.last_hidden_layer
+            if layer.hidden_states and layer.embd_size > 0 and layer.num_tokens > 0:
+                # Copied here: the library frees the buffer once the callback returns.
+                shape = (layer.num_tokens, layer.embd_size)
+                run.events.put((_HIDDEN, np.ctypeslib.as_array(layer.hidden_states, shape=shape).copy()))
+                return CALLBACK_RELEASE if self.can_release else CALLBACK_CONTINUE  # copied: 1.3 may free it now
         if state in (RKLLM_RUN_NORMAL, RKLLM_RUN_WAITING):
             if result_ptr:
                 r = result_ptr.contents
@@ -193,7 +211,8 @@ class RKLLMHandle(ModelHandle):
         self._image_tags = image_tags(spec)
         if spec.options.get("VISION_ENCODER") and hasattr(self._param, "img_start"):  # before 1.3: set at init
             self._param.img_start, self._param.img_end, self._param.img_content = self._image_tags
-        self._router = _Router(self.abi.callback_returns_int)
+        self._router = _Router(self.abi.callback_returns_int, self.abi.hidden_layer_state,
+                               self.abi.callback_can_release)
         self._callback = self.abi.LLMResultCallback(self._router.on_result)
         self._callback_struct = None
         handle = LLMHandle()
@@ -226,6 +245,8 @@ class RKLLMHandle(ModelHandle):
         self._kv_dirty = False  # a keep_history run may have left something in the cache
         self._last_delivered: list = []
         self._perf = _Perf()
+        #: the hidden size of this model's embeddings, once the library has reported it
+        self.embedding_dim: int | None = None
         self._finalizer = weakref.finalize(self, _destroy, cdll, handle.value,
                                            (self._callback, self._callback_struct, self._param, self._router,
                                             self._image_tags))
@@ -328,7 +349,41 @@ class RKLLMHandle(ModelHandle):
         finally:
             self._finish(run)
 
-    def _start(self, inp, infer, keepalive, limit: int) -> _Run:
+    def embed(self, prompt_ids: Sequence[int]) -> list[float]:
+        """The prompt's last hidden layer (a RKLLM_INFER_GET_LAST_HIDDEN_LAYER run of the token ids, no
+        history kept), mean-pooled over its tokens."""
+        ids = [int(i) for i in prompt_ids]
+        if not ids:
+            raise GenerationFailed("the prompt has no tokens")
+        send = (ctypes.c_int32 * len(ids))(*ids)
+        inp = self.abi.RKLLMInput()
+        inp.input_type = RKLLM_INPUT_TOKEN
+        inp.token_input.input_ids = send
+        inp.token_input.n_tokens = len(ids)
+        if self.abi.has_role:
+            inp.role = b"user"
+        infer = self.abi.RKLLMInferParam()
+        infer.mode = RKLLM_INFER_GET_LAST_HIDDEN_LAYER
+        if self.abi.has_keep_history:
+            infer.keep_history = 0  # the library starts from an empty cache and keeps nothing of this run
+        self.cached_ids, self._kv_dirty = (), False
+        run = self._start(inp, infer, send, 1, hidden=True)
+        try:
+            out = self._collect(run, lambda _token: None, None)
+        finally:
+            self._finish(run)
+        self.last_stop_exact = not run.abort_sent
+        if out.raised is not None:
+            raise out.raised
+        if out.error is not None:
+            raise GenerationFailed(f"{self.spec.name}: {out.error}")
+        if out.hidden is None:
+            rc = f" (rkllm_run returned {run.rc})" if run.rc else ""
+            raise GenerationFailed(f"{self.spec.name}: librkllmrt gave no hidden states for the prompt{rc}")
+        self.embedding_dim = int(out.hidden.shape[1])
+        return [float(x) for x in out.hidden.mean(axis=0, dtype=np.float64)]
+
+    def _start(self, inp, infer, keepalive, limit: int, hidden: bool = False) -> _Run:
         with self._lock:
             if self._closed:
                 raise GenerationFailed(f"{self.spec.name}: the model handle is closed")
@@ -336,7 +391,7 @@ class RKLLMHandle(ModelHandle):
                 raise GenerationFailed(f"{self.spec.name}: the handle is unusable: {self._broken}")
             if self._run is not None:
                 raise GenerationFailed(f"{self.spec.name}: a generation is already running on this handle")
-            run = _Run(next(self._run_ids), limit, frozenset(self.spec.eos_token_ids))
+            run = _Run(next(self._run_ids), limit, frozenset(self.spec.eos_token_ids), hidden)
             run.npu_yield = self.npu_yield
             self._run = run
             self.last_stop_exact = False  # until the run ends without an abort
@@ -360,6 +415,10 @@ class RKLLMHandle(ModelHandle):
 
     def _consume(self, run: _Run, n_prompt: int, on_token, on_text) -> GenerationResult:
         """Take the run's events until rkllm_run has returned; deliver tokens; decide how it ended."""
+        return self._result(run, self._collect(run, on_token, on_text), n_prompt)
+
+    def _collect(self, run: _Run, on_token, on_text) -> _Outcome:
+        """What the run delivered, once rkllm_run has returned."""
         out = _Outcome()
         last_event = time.monotonic()
         while True:
@@ -373,6 +432,8 @@ class RKLLMHandle(ModelHandle):
                 break
             if kind == _TOKEN:
                 self._on_token(run, out, payload, on_token, on_text)
+            elif kind == _HIDDEN:
+                out.hidden = payload
             elif kind == _FINISH:
                 out.perf = payload
                 if out.finish is None and not run.stop_requested.is_set():
@@ -382,7 +443,7 @@ class RKLLMHandle(ModelHandle):
             elif kind == _CALLBACK_FAILED:
                 out.error = f"the result callback failed: {payload!r}"
                 self._request_stop(run)
-        return self._result(run, out, n_prompt)
+        return out
 
     def _on_idle(self, run: _Run, out: _Outcome, quiet_s: float) -> None:
         if run.stop_requested.is_set():

@@ -91,6 +91,16 @@ def _hf_config(stored) -> dict:
     return {}
 
 
+def _embedding_dim(svc, name: str):
+    """The hidden size a loaded instance of ``name`` reported with its embeddings (None if none has)."""
+    for entry in svc.loaded():
+        if entry.name == name:
+            for handle in entry.queue.handles:
+                if getattr(handle, "embedding_dim", None):
+                    return handle.embedding_dim
+    return None
+
+
 @bp.post("/api/show")
 def show():
     """Ollama's model description: Modelfile, parameters, template, details and ``model_info`` with the
@@ -105,8 +115,9 @@ def show():
     config = _hf_config(stored)
     arch = str(config.get("model_type") or "rkllm")
     info = {"general.architecture": arch, f"{arch}.context_length": stored.num_ctx}
-    if config.get("hidden_size"):
-        info[f"{arch}.embedding_length"] = int(config["hidden_size"])
+    dim = _embedding_dim(svc, stored.name) or config.get("hidden_size")
+    if dim:
+        info[f"{arch}.embedding_length"] = int(dim)
     params = {"temperature": mf.get("TEMPERATURE"), "top_k": mf.get("TOP_K"), "top_p": mf.get("TOP_P"),
               "repeat_penalty": mf.get("REPEAT_PENALTY"), "num_predict": mf.get("MAX_NEW_TOKENS"),
               "num_ctx": stored.num_ctx}

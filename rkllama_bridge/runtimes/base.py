@@ -172,6 +172,8 @@ class ModelHandle(abc.ABC):
     #: set by the bridge during a generation: called between tokens on the thread that drives the NPU
     #: (so blocking in it pauses the model); the NPU arbiter uses it to let an image job take a turn
     npu_yield: Optional[Callable[[], None]] = None
+    #: the size of the vectors ``embed`` returns, once the runtime has reported it (None before)
+    embedding_dim: Optional[int] = None
 
     @abc.abstractmethod
     def generate(self, prompt_ids: Sequence[int], params: GenerationParams, on_token: OnToken,

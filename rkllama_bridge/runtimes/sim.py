@@ -165,6 +165,7 @@ class SimHandle(ModelHandle):
         self._closed = False
         self.cached_ids = ()
         self._image_offset = 0
+        self.embedding_dim = embedding_dim(spec)
         self.trace: Optional[List[tuple]] = None  # when a list: (kind, start, end) of each simulated NPU step
         if census is not None:
             census.opened(spec.name)  # the load takes memory from its start, as on the board

@@ -7,7 +7,11 @@ conversation, one word per "token" and per chunk, so a test can compute what the
 * NotPunchnox/rkllama 0.0.74: ``/api/version``, ``/api/tags``, ``/models``, ``/current_models`` (and
   ``/api/ps``), ``/load_model`` (several models; loading a loaded one answers 200 with an ``error`` field
   "A model is already loaded. Nothing to do."), ``/unload_model``, ``/api/chat`` (NDJSON),
-  ``/v1/chat/completions`` (SSE, a usage chunk with ``choices: []`` before ``[DONE]``), ``/generate``.
+  ``/v1/chat/completions`` (SSE, a usage chunk with ``choices: []`` before ``[DONE]``), ``/generate``, and
+  ``/api/embed``, ``/api/embeddings``, ``/v1/embeddings`` (one handler: ``input`` or ``prompt``, the model
+  loaded on demand, Ollama's ``{"embeddings": [...]}`` on both Ollama routes; the OpenAI route answers ONE
+  data item whose ``embedding`` is every input's vector concatenated, as 0.0.74's converter does). The
+  vectors are :func:`embedding_of` the text.
 * jfreed-dev/rkllama (the original rkllama API): ``/models``, ``/current_model``, ``/load_model`` with one
   model at a time, ``/unload_model``, ``/generate`` only.
 
@@ -46,6 +50,15 @@ def reply_words(messages: List[Dict[str, Any]], n: int) -> List[str]:
     digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).digest()
     words = [WORDS[digest[i % len(digest)] % len(WORDS)] for i in range(n)]
     return [words[0].capitalize()] + [" " + w for w in words[1:]]
+
+
+EMBEDDING_DIM = 8
+
+
+def embedding_of(text: str) -> List[float]:
+    """The vector the server answers for ``text`` (rkllama takes the last token's hidden state)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round(b / 127.5 - 1.0, 6) for b in digest[:EMBEDDING_DIM]]
 
 
 def prompt_count(messages: List[Dict[str, Any]]) -> int:
@@ -129,13 +142,35 @@ class StockServer:
     async def root(self, request: web.Request) -> web.Response:
         return web.json_response({"message": "Welcome to RKLLama with Ollama API compatibility!"})
 
+    async def embeddings(self, request: web.Request) -> web.Response:
+        data = await request.json()
+        name, given = data.get("model"), data.get("input", data.get("prompt"))
+        if not name:
+            return web.json_response({"error": "Missing model name"}, status=400)
+        if not given:
+            return web.json_response({"error": "Missing input"}, status=400)
+        if name not in self.loaded:
+            refused = self._load(name)
+            if refused is not None:
+                return web.json_response({"error": f"Failed to load model '{name}'"}, status=500)
+        texts = given if isinstance(given, list) else [given]
+        vectors = [embedding_of(str(t)) for t in texts]
+        tokens = sum(len(str(t).split()) for t in texts)
+        if not request.path.startswith("/v1/"):
+            return web.json_response({"model": name, "embeddings": vectors, "total_duration": 1000,
+                                      "load_duration": 0, "prompt_eval_count": tokens})
+        return web.json_response({"object": "list", "model": name, "usage": {"prompt_tokens": tokens,
+                                                                             "total_tokens": tokens},
+                                  "data": [{"object": "embedding", "index": 0,
+                                            "embedding": [x for v in vectors for x in v]}]})
+
     # -- generation -----------------------------------------------------------------------------
 
-    def _conversation(self, route: str, messages: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    def _conversation(self, route: str, messages: List[Dict[str, Any]], stream: Any = None) -> List[Dict[str, Any]]:
         """The conversation as the server templates it; raises ValueError as the forks do."""
         if self.record is not None:
             with self.record.open("a") as out:
-                out.write(json.dumps({"route": route, "messages": messages}) + "\n")
+                out.write(json.dumps({"route": route, "messages": messages, "stream": stream}) + "\n")
         prompt = list(messages)
         if self.args.refuse_system:
             prompt = [{"role": "system", "content": OWN_SYSTEM}] + prompt
@@ -176,7 +211,7 @@ class StockServer:
             return web.json_response({"error": "No models are currently loaded."}, status=400)
         data = await request.json()
         try:
-            prompt = self._conversation("/generate", data["messages"])
+            prompt = self._conversation("/generate", data["messages"], data.get("stream"))
         except ValueError as exc:
             return self._refusal(exc)
         pieces, counted = self._pieces(data["messages"])
@@ -221,7 +256,7 @@ class StockServer:
             if refused is not None:
                 return web.json_response({"error": f"Failed to load model '{model}'"}, status=500)
         try:
-            prompt = self._conversation(request.path, data.get("messages") or [])
+            prompt = self._conversation(request.path, data.get("messages") or [], data.get("stream"))
         except ValueError as exc:
             return self._refusal(exc)
         pieces, counted = self._pieces(data.get("messages") or [])
@@ -274,7 +309,8 @@ class StockServer:
         return resp
 
 
-PUNCHNOX_ONLY = {"/current_models", "/api/ps", "/api/version", "/api/tags"}
+PUNCHNOX_ONLY = {"/current_models", "/api/ps", "/api/version", "/api/tags", "/api/embed", "/api/embeddings",
+                 "/v1/embeddings"}
 CHAT_ROUTES = {"/api/chat", "/v1/chat/completions"}
 
 
@@ -307,7 +343,8 @@ def make_app(args: argparse.Namespace) -> web.Application:
             ("GET", "/current_model", server.current_model), ("GET", "/current_models", server.current_models),
             ("GET", "/api/ps", server.current_models), ("GET", "/api/version", server.version),
             ("GET", "/api/tags", server.tags), ("POST", "/api/chat", server.chat),
-            ("POST", "/v1/chat/completions", server.chat)):
+            ("POST", "/v1/chat/completions", server.chat), ("POST", "/api/embed", server.embeddings),
+            ("POST", "/api/embeddings", server.embeddings), ("POST", "/v1/embeddings", server.embeddings)):
         app.router.add_route(method, path, route(handler))
     return app
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import openai
 import pytest
 
@@ -127,3 +128,31 @@ def test_text_completions_whole_and_streamed_with_usage(client):
                                             temperature=0, stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
+
+
+def test_embeddings_through_the_gateway_are_the_bridge_vectors(client, gateway, sim_bridge):
+    texts = ["Rockchip boards", "run small models"]
+    status, direct = sim_bridge.post_json("/v1/embeddings", {"model": SIM_MODEL, "input": texts})
+    assert status == 200
+    packed = client.embeddings.create(model=SIM_MODEL, input=texts)  # the client asks for base64 itself
+    plain = client.embeddings.create(model=SIM_MODEL, input=texts[0], encoding_format="float")
+    for got, want in zip(packed.data, direct["data"], strict=True):
+        assert got.index == want["index"]
+        assert np.allclose(got.embedding, want["embedding"], rtol=1e-6, atol=1e-7)  # float32 on the wire
+    assert plain.data[0].embedding == direct["data"][0]["embedding"]
+    assert packed.usage.prompt_tokens == direct["usage"]["prompt_tokens"] > plain.usage.prompt_tokens > 0
+    assert packed.model == SIM_MODEL
+
+
+@pytest.mark.parametrize("body,param", [({"input": ""}, "input"), ({"input": []}, "input"),
+                                        ({"input": [1, 2, 3]}, "input"), ({"input": ["a", 7]}, "input"),
+                                        ({"input": "a", "encoding_format": "hex"}, "encoding_format"),
+                                        ({"input": "a", "dimensions": 8}, "dimensions")])
+def test_bad_embedding_requests_get_a_400_naming_the_field(gateway, body, param):
+    status, answer = gateway.post_json("/v1/embeddings", {"model": SIM_MODEL, **body})
+    assert status == 400 and answer["error"]["param"] == param and answer["error"]["message"]
+
+
+def test_embeddings_of_an_unknown_model_are_a_404(client):
+    with pytest.raises(openai.NotFoundError, match="no-such-model"):
+        client.embeddings.create(model="no-such-model", input="x")

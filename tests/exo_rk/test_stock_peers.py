@@ -10,6 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import openai
 import pytest
 
@@ -20,7 +21,7 @@ from exo_rk.stock_routes import merge_system
 from exo_rk.tokenizer_store import make_portable, repo_dir
 from tests.exo_rk.bridges import SIM_MODEL, SMOL_REPO, settings_for, sim_cards
 from tests.exo_rk.harness import chat
-from tests.exo_rk.stock_rkllama import reply_words
+from tests.exo_rk.stock_rkllama import embedding_of, reply_words
 from tests.support import ServerProcess
 
 DOUBLE = str(Path(__file__).with_name("stock_rkllama.py"))
@@ -184,3 +185,23 @@ def test_the_gateway_serves_a_quirky_stock_server_to_the_openai_client(stock_gat
         answered = stock.received()[-1]
         assert answered["messages"] == [{"role": "user", "content": "Tell me a story"}]
         assert done.choices[0].text == expected_text(answered, 1) and done.usage.completion_tokens == WORDS
+
+
+def test_the_gateway_embeds_through_a_stock_server_and_says_when_it_cannot(stock_gateway):
+    stock, gateway = stock_gateway
+    texts = ["Name a colour.", "Blue sky over the fjord"]
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=60) as client:
+        one = client.embeddings.create(model=SIM_MODEL, input=texts[0], encoding_format="float")
+        both = client.embeddings.create(model=SIM_MODEL, input=texts)  # one concatenated vector from rkllama
+        assert one.data[0].embedding == embedding_of(texts[0])
+        assert [d.index for d in both.data] == [0, 1]
+        assert all(np.allclose(d.embedding, embedding_of(t), atol=1e-6) for d, t in zip(both.data, texts, strict=True))
+        assert both.usage.prompt_tokens == sum(len(t.split()) for t in texts)
+        stock.quirks("--fork", "jfreed")  # the original API has no embeddings route
+        try:
+            with pytest.raises(openai.APIStatusError) as caught:
+                client.embeddings.create(model=SIM_MODEL, input="x")
+        finally:
+            stock.quirks(*ALL_QUIRKS)
+    assert caught.value.status_code == 501
+    assert "no /v1/embeddings route" in caught.value.body["message"]

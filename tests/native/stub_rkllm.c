@@ -30,6 +30,19 @@
  * embedding's bytes, hex), "embed_sum"}. Its reply is the configured tokens in an order shuffled by that
  * checksum, so two different embeddings give two different replies and the same one the same reply.
  * A multimodal input takes strlen(prompt) + n_image * n_image_tokens positions of the KV cache.
+ *
+ * RKLLMInferParam.mode = RKLLM_INFER_GET_LAST_HIDDEN_LAYER (token or prompt input; a prompt's "tokens" are
+ * its bytes) generates nothing: like the real library, the run calls back once with the prompt's last
+ * hidden layer in RKLLMResult.last_hidden_layer (num_tokens = the prompt's length, embd_size =
+ * RKLLM_STUB_EMBED_DIM, text "" and token_id -1; state RKLLM_RUN_GET_LAST_HIDDEN_LAYER on 1.1.x,
+ * RKLLM_RUN_NORMAL from 1.2.0), then with RKLLM_RUN_FINISH. The buffer is freed once the callback returns
+ * (1.3.0's callback may return 2 to release it, which is the same here). With RKLLM_STUB_RECORD the
+ * callback's return value is recorded as {"event": "hidden_layer", ..., "num_tokens", "embd_size",
+ * "callback_returned"} (0 for the void callback of 1.1/1.2.0).
+ * Hidden state of prompt token t (0-based position, id ids[t]), component j (0 <= j < embd_size):
+ *   hidden[t][j] = (float)((ids[t] * 31 + (t + 1) * 17 + j * 7) % 101) / 101.0f - 0.5f
+ * (integer arithmetic in 64 bits, ids taken as non-negative), so the vector depends on every token and
+ * its position.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -513,6 +526,7 @@ typedef struct {
     int32_t max_new_tokens;
     int paused;
     uint64_t embed_fnv1a; /* multimodal: checksum of the image embedding, 0 otherwise */
+    int hidden;           /* RKLLM_INFER_GET_LAST_HIDDEN_LAYER: answer the prompt's hidden states */
 } Job;
 
 typedef struct {
@@ -802,9 +816,64 @@ static int deliver(Stub* s, RKLLMResult* result, LLMCallState state) {
 #endif
 }
 
+static float hidden_state(int32_t id, size_t position, size_t component) {
+    long long v = (long long)(id < 0 ? -(long long)id : id) * 31 + (long long)(position + 1) * 17 +
+                  (long long)component * 7;
+    return (float)(v % 101) / 101.0f - 0.5f;
+}
+
+/* A RKLLM_INFER_GET_LAST_HIDDEN_LAYER run: one callback with the hidden states, then FINISH. */
+static void hidden_run(Stub* s, Job* job) {
+    pthread_mutex_lock(&s->mu);
+    bool aborted = s->delay_ms > 0 ? wait_abortable(s, s->delay_ms) : s->abort_requested;
+    pthread_mutex_unlock(&s->mu);
+    if (aborted) return;
+    size_t dim = (size_t)(s->embed_dim > 0 ? s->embed_dim : 1);
+    float* states = malloc((job->n_ids ? job->n_ids : 1) * dim * sizeof(float));
+    for (size_t t = 0; t < job->n_ids; t++)
+        for (size_t j = 0; j < dim; j++) states[t * dim + j] = hidden_state(job->ids[t], t, j);
+    RKLLMResult result;
+    memset(&result, 0, sizeof(result));
+    result.text = "";
+    result.token_id = -1;
+    result.last_hidden_layer.hidden_states = states;
+    result.last_hidden_layer.embd_size = (int)dim;
+    result.last_hidden_layer.num_tokens = (int)job->n_ids;
+#if RKLLM_ABI == 110
+    int ret = deliver(s, &result, RKLLM_RUN_GET_LAST_HIDDEN_LAYER);
+#else
+    int ret = deliver(s, &result, RKLLM_RUN_NORMAL);
+#endif
+    free(states); /* after the callback either way; 1.3's return value 2 asks for exactly this */
+    if (s->record_path != NULL) {
+        Str r = {0};
+        str_add(&r, "{\"event\": \"hidden_layer\", \"abi\": %d, \"pid\": %d, \"handle\": \"%p\", "
+                "\"num_tokens\": %zu, \"embd_size\": %zu, \"callback_returned\": %d}", RKLLM_ABI, (int)getpid(),
+                (void*)s, job->n_ids, dim, ret);
+        record_write(s, &r);
+        free(r.buf);
+    }
+    memset(&result, 0, sizeof(result));
+    result.token_id = -1;
+#if RKLLM_ABI >= 121
+    result.perf.prefill_tokens = (int)job->n_ids;
+    result.perf.prefill_time_ms = 1.0f + 0.1f * (float)job->n_ids;
+    result.perf.memory_usage_mb = 42.0f;
+#endif
+    deliver(s, &result, RKLLM_RUN_FINISH);
+}
+
 static void* worker_main(void* arg) {
     Stub* s = arg;
     Job* job = &s->job;
+    if (job->hidden) {
+        hidden_run(s, job);
+        pthread_mutex_lock(&s->mu);
+        s->running = false;
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        return NULL;
+    }
     RKLLMResult result;
     char text[32];
     size_t limit = s->n_reply;
@@ -973,6 +1042,8 @@ static int start_run(Stub* s, RKLLMInput* in, RKLLMInferParam* ip, void* userdat
         if (job->n_ids) memcpy(job->ids, in->token_input.input_ids, job->n_ids * sizeof(int32_t));
     } else if (in->input_type == RKLLM_INPUT_PROMPT) {
         job->n_ids = in->prompt_input ? strlen(in->prompt_input) : 0;  /* one "token" per byte */
+        job->ids = malloc((job->n_ids ? job->n_ids : 1) * sizeof(int32_t));
+        for (size_t i = 0; i < job->n_ids; i++) job->ids[i] = (unsigned char)in->prompt_input[i];
     } else if (in->input_type == RKLLM_INPUT_MULTIMODAL) {
         const RKLLMMultiModalInput* m = &in->multimodal_input;
         ImageView v = image_view(m);
@@ -985,6 +1056,11 @@ static int start_run(Stub* s, RKLLMInput* in, RKLLMInferParam* ip, void* userdat
         if (job->embed_fnv1a == 0) job->embed_fnv1a = 1;
     } else {
         stub_log("E rkllm: the stub implements prompt, token and multimodal input, not embed\n");
+        return -1;
+    }
+    job->hidden = ip != NULL && ip->mode == RKLLM_INFER_GET_LAST_HIDDEN_LAYER;
+    if (job->hidden && job->input_type == RKLLM_INPUT_MULTIMODAL) {
+        stub_log("E rkllm: the stub gives hidden states of token and prompt input only\n");
         return -1;
     }
 #if RKLLM_ABI >= 120

@@ -109,6 +109,7 @@ def test_a_client_that_hangs_up_a_non_streamed_request_frees_the_board(pair):
     try:
         wait_for(lambda: active(bridge) == 0, timeout=10, what="the board to stop generating after the hang-up")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- gateway ---\n{gw.log_tail(40)}\n--- bridge ---\n{bridge.log_tail(40)}")
+        logs = f"--- gateway ---\n{gw.log_tail(40)}\n--- bridge ---\n{bridge.log_tail(40)}"
+        raise AssertionError(f"{exc}\n{logs}") from None
     assert bridge.get_json("/health")[1]["aborts_total"] == aborts + 1
     wait_for(lambda: "before its reply; generation aborted" in gw.log_tail(100), what="the hang-up logged")
