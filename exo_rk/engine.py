@@ -25,7 +25,8 @@ from exo_rk.compat import InferenceEngine, Shard, ShardDownloader
 from exo_rk.model_cards import IMAGE_MODEL_IDS, ModelCard, load_cards
 from exo_rk.request_state import RequestTable
 from exo_rk.settings import Settings
-from exo_rk.stock_routes import StockServer, stock_server_for
+from exo_rk.stock_pool import stock_server_for
+from exo_rk.stock_routes import StockServer
 from exo_rk.streaming import StreamingSession
 from exo_rk.token_cache import CachedReply, messages_from_prompt, plain_messages
 from exo_rk.tokenizer_store import encode_prompt, eos_token_id, load_tokenizer, sync_tokenizer

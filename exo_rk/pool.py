@@ -764,12 +764,6 @@ class BridgePool:
             raise NoBridgeAvailable("no bridge answered the model list")
         return list(names)
 
-    def stock_ladder(self) -> Any:
-        """The one-shot mode over this pool's stock servers (``exo_rk.stock_pool.StockPool``)."""
-        from exo_rk.stock_pool import StockPool
-
-        return StockPool(self)
-
     async def has_native_stream(self) -> bool:
         """True when the live bridges speak the native stream (asked of one live bridge)."""
         return await self._with_failover(None, lambda b: b.client.has_native_stream())

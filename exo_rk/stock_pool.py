@@ -12,10 +12,10 @@ when every server is like that the request fails with that server's reason.
 from __future__ import annotations
 
 import logging
-from typing import Any, AsyncIterator, Callable, Dict, List, Sequence
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence
 
 from exo_rk import errors
-from exo_rk.client import GenerationParams, StreamEvent
+from exo_rk.client import BridgeClient, GenerationParams, StreamEvent
 from exo_rk.pool import RETRYABLE, Bridge, BridgePool
 from exo_rk.stock_routes import Discovery, StockServer
 
@@ -134,3 +134,14 @@ class StockPool:
 
 def _holds_another_model(exc: BaseException) -> bool:
     return isinstance(exc, errors.BadBridgeRequest) and exc.code == "model_conflict"
+
+
+def stock_server_for(backend: Any, settings: Any) -> Optional[Any]:
+    """The ladder over ``backend``: a ``StockServer`` for one server, a ``StockPool`` (the same interface
+    over several servers) for a pool; None for a backend that is neither."""
+    if isinstance(backend, BridgePool):
+        return StockPool(backend)
+    if isinstance(backend, BridgeClient):
+        return StockServer(backend, routes=settings.stock_routes, merge=settings.merge_system,
+                           unload_other=settings.stock_unload_other)
+    return None

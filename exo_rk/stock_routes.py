@@ -396,14 +396,4 @@ async def _oneshot(raw: bytes) -> AsyncIterator[Any]:
 _STREAM_PARSERS = {"openai": _openai, "ollama": _ollama, "generate": _generate}
 
 
-def stock_server_for(client: Any, settings: Any) -> Optional[Any]:
-    """The ladder over ``client``: a ``StockServer`` for one server, the pool's own (``stock_ladder``, the
-    same interface over several servers) for a pool; None for a backend with neither."""
-    if not isinstance(client, BridgeClient):
-        make = getattr(client, "stock_ladder", None)
-        return make() if make is not None else None
-    return StockServer(client, routes=settings.stock_routes, merge=settings.merge_system,
-                       unload_other=settings.stock_unload_other)
-
-
-__all__ = ["ROUTES", "MERGE_MODES", "StockServer", "merge_system", "parse_routes", "stock_server_for"]
+__all__ = ["ROUTES", "MERGE_MODES", "StockServer", "merge_system", "parse_routes"]

@@ -12,6 +12,7 @@ from exo_rk.client import GenerationParams
 from exo_rk.engine import RKLLMInferenceEngine
 from exo_rk.pool import BridgePool
 from exo_rk.settings import Settings
+from exo_rk.stock_pool import StockPool
 from tests.exo_rk.bridges import SIM_MODEL, sim_cards
 from tests.exo_rk.harness import chat, until
 from tests.exo_rk.stock_rkllama import embedding_of, reply_words
@@ -68,7 +69,7 @@ async def test_a_server_holding_another_model_is_passed_over(doubles):
     a.quirks(*one_model, "--preload", "other")  # listed first, so asked first
     b.quirks(*one_model)
     pool = BridgePool([a.url, b.url], stock_routes=("generate",), health_interval=0.1)
-    ladder = pool.stock_ladder()
+    ladder = StockPool(pool)
     try:
         await ladder.ensure_model(SIM_MODEL)
         pieces = [e async for e in ladder.stream(SIM_MODEL, CONVERSATION[1:2], GenerationParams(), lambda t: [len(t)])]
