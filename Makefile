@@ -34,10 +34,13 @@ run: $(STAMP)
 	$(PY) -m exo_rk.run
 
 # The simulator tier (tests/rknn_sim) runs under $(RKNN_PY), started from the main run (tests/test_rknn_sim_tier.py).
-# The two venvs are built side by side (pip mostly waits on unpacking and the disk).
+# The two venvs are built side by side (pip mostly waits on unpacking and the disk). The tests run on
+# TEST_WORKERS pytest-xdist workers, one test file at a time per worker (module fixtures stay shared):
+# they spend about half their time waiting on the servers they start, so two workers fill two cores.
+TEST_WORKERS ?= 2
 test:
 	@$(MAKE) --no-print-directory -j2 $(STAMP) $(RKNN_STAMP)
-	EXO_RK_RKNN_PYTHON=$(RKNN_PY) $(PY) -m pytest
+	EXO_RK_RKNN_PYTHON=$(RKNN_PY) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The contract fuzzing of tests/contracts, longer: more examples per operation, more time per service.
 fuzz: $(STAMP)

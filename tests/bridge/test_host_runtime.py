@@ -1,15 +1,22 @@
-"""The host runtime on the embedded default model: real answers from SmolLM2-135M-Instruct, offline."""
+"""The host runtime on the embedded default model: real answers from SmolLM2-135M-Instruct, offline.
+One host bridge serves the module (loading torch and the model is most of each test's cost)."""
 
 import json
 
 import pytest
 import requests
 
-from ..support import wait_for
+from ..support import ServerProcess, bridge_argv, wait_for
 
 
-def test_default_model_answers_a_real_question(start_bridge, default_model_dir):
-    b = start_bridge(models_dir=default_model_dir.parent, runtime="host")
+@pytest.fixture(scope="module")
+def host_bridge(default_model_dir):
+    with ServerProcess(bridge_argv(default_model_dir.parent, "host")) as bridge:
+        yield bridge
+
+
+def test_default_model_answers_a_real_question(host_bridge):
+    b = host_bridge
     r = requests.post(b.url + "/v1/chat/completions", timeout=120, json={
         "model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 24,
         "messages": [{"role": "user", "content": "What is the capital of France?"}]})
@@ -17,26 +24,28 @@ def test_default_model_answers_a_real_question(start_bridge, default_model_dir):
     assert "Paris" in r.json()["choices"][0]["message"]["content"]
 
 
-def test_host_stream_is_token_by_token_and_abort_frees_the_model(start_bridge, default_model_dir):
-    b = start_bridge(models_dir=default_model_dir.parent, runtime="host")
+def test_host_stream_is_token_by_token_and_abort_frees_the_model(host_bridge):
+    b = host_bridge
+    wait_for(lambda: b.get_json("/health")[1]["active"] == 0, timeout=30, what="host handle idle")
+    aborts = b.get_json("/health")[1]["aborts_total"]
     body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Tell me a long story."}],
             "max_new_tokens": 400, "temperature": 0}
     with requests.post(b.url + "/v1/generate", json=body, stream=True, timeout=120) as r:
         lines = r.iter_lines()
         first, second = json.loads(next(lines)), json.loads(next(lines))
         assert isinstance(first["token_id"], int) and isinstance(second["token_id"], int)
-    wait_for(lambda: b.get_json("/health")[1]["aborts_total"] == 1, timeout=10, what="host generation aborted")
+    wait_for(lambda: b.get_json("/health")[1]["aborts_total"] == aborts + 1, timeout=10, what="host generation aborted")
     wait_for(lambda: b.get_json("/health")[1]["active"] == 0, timeout=10, what="host handle free")
 
 
 @pytest.mark.slow
-def test_host_embeddings_are_the_models_mean_pooled_last_hidden_layer(start_bridge, default_model_dir):
+def test_host_embeddings_are_the_models_mean_pooled_last_hidden_layer(host_bridge, default_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
     from rkllama_bridge.tokenizer import ChatTokenizer
 
-    b = start_bridge(models_dir=default_model_dir.parent, runtime="host")
+    b = host_bridge
     texts = ["The river flows to the sea.", "Compilers translate code."]
     r = requests.post(b.url + "/api/embed", json={"model": "smollm2-135m-instruct", "input": texts}, timeout=120)
     assert r.status_code == 200, r.text
