@@ -138,6 +138,16 @@ class ServerProcess:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def refuses_connections(self) -> bool:
+        """True once the listening socket is closed (a stopping server); an HTTP answer of any status is False."""
+        try:
+            urllib.request.urlopen(self.url + "/health", timeout=2)
+        except urllib.error.HTTPError:
+            return False
+        except OSError:
+            return True
+        return False
+
 
 def bridge_argv(models_dir: Path | str, runtime: str = "sim", *extra: str) -> list:
     """The command line of a bridge process serving ``models_dir`` with ``runtime``."""

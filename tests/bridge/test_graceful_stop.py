@@ -44,17 +44,7 @@ def test_sigterm_lets_a_running_reply_finish_refuses_new_ones_and_exits_0(start_
     reader = _stream(bridge, 12, lines)
     wait_for(lambda: lines, what="the first token")
     bridge.proc.send_signal(signal.SIGTERM)
-
-    def refused():
-        try:
-            urllib.request.urlopen(bridge.url + "/health", timeout=2)
-        except urllib.error.HTTPError:
-            return False
-        except OSError:
-            return True  # the listening socket is closed
-        return False
-
-    wait_for(refused, what="new connections to be refused")
+    wait_for(bridge.refuses_connections, what="new connections to be refused")
     reader.join(timeout=30)
     done = lines[-1]
     assert done.get("done") is True and done["finish_reason"] in ("stop", "length"), done

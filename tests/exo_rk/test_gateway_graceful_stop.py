@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import urllib.error
-import urllib.request
 
 import pytest
 import requests
@@ -50,16 +48,6 @@ def _exit_status(gw, timeout: float = 30.0) -> int:
     return gw.proc.returncode
 
 
-def _refused(gw) -> bool:
-    try:
-        urllib.request.urlopen(gw.url + "/health", timeout=2)
-    except urllib.error.HTTPError:
-        return False
-    except OSError:
-        return True  # the listening socket is closed
-    return False
-
-
 def test_sigterm_lets_a_running_stream_finish_refuses_new_requests_and_exits_0(bridge, tmp_path):
     gw = gateway([bridge.url], tmp_path).start()
     try:
@@ -67,7 +55,7 @@ def test_sigterm_lets_a_running_stream_finish_refuses_new_requests_and_exits_0(b
         reader = _stream(gw, 400, chunks)  # 2 s at the bridge's 200 tok/s
         wait_for(lambda: len(chunks) > 2, timeout=60, what="the stream to flow")
         gw.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: _refused(gw), what="new connections to be refused")
+        wait_for(gw.refuses_connections, what="new connections to be refused")
         reader.join(timeout=30)
         assert chunks[-1] == "[DONE]" and _finish_reason(chunks) == "length", chunks[-3:]
         assert _exit_status(gw) == 0
