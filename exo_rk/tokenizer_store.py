@@ -98,26 +98,30 @@ async def sync_tokenizer(
 
 
 async def load_tokenizer(hf_repo: str, local_dir: Path) -> Any:
-    """The tokenizer exo itself would use: exo's ``resolve_tokenizer`` when exo is installed, else
-    transformers' ``AutoTokenizer`` on the same directory. Either way it has ``eos_token_id``."""
+    """The tokenizer exo itself would use when exo is installed: exo's ``resolve_tokenizer`` (or, for files
+    outside exo's downloads, transformers' ``AutoTokenizer``). Without exo (the standalone gateway) the
+    bridge's own: the same files through ``tokenizers`` and Jinja, which templates and decodes as the bridge
+    does and spares the gateway importing transformers (and torch) for seconds on its first request.
+    Either way it has ``eos_token_id``."""
     try:
         from exo.download.new_shard_download import exo_home
         from exo.inference.tokenizers import resolve_tokenizer
     except ImportError:
-        resolve_tokenizer = None
+        return await asyncio.to_thread(_checked, TemplatingTokenizer, local_dir)
     # exo's resolver only when it reads the very directory the files were written to.
-    if resolve_tokenizer is not None and (exo_home() / "downloads").resolve() == local_dir.parent.resolve():
+    if (exo_home() / "downloads").resolve() == local_dir.parent.resolve():
         return await resolve_tokenizer(hf_repo)
-    return await asyncio.to_thread(_auto_tokenizer, local_dir)
+    return await asyncio.to_thread(_checked, _auto_tokenizer, local_dir)
 
 
 def _auto_tokenizer(local_dir: Path) -> Any:
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:  # the core install: the same files through `tokenizers` and Jinja
-        tokenizer = TemplatingTokenizer(local_dir)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(str(local_dir), local_files_only=True)
+    from transformers import AutoTokenizer  # exo depends on transformers
+
+    return AutoTokenizer.from_pretrained(str(local_dir), local_files_only=True)
+
+
+def _checked(load: Any, local_dir: Path) -> Any:
+    tokenizer = load(local_dir)
     if getattr(tokenizer, "eos_token_id", None) is None:
         raise errors.BridgeProtocolError(f"tokenizer in {local_dir} has no eos token")
     return tokenizer
