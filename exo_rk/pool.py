@@ -103,6 +103,14 @@ def member_url(url: str, address: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def _never(exc: BaseException) -> bool:
+    return False
+
+
+def _cannot_embed(exc: BaseException) -> bool:
+    return isinstance(exc, errors.EmbeddingsUnsupported)
+
+
 class NoBridgeAvailable(errors.BridgeUnavailable):
     """No configured bridge is up (or none of the live ones can serve the model)."""
 
@@ -292,10 +300,14 @@ class BridgePool:
         """Stop sending new requests to ``url``; its running requests finish normally."""
         url = parse_servers(url)[0]
         self._static.discard(url)
+        self._retire(url, "")
+
+    def _retire(self, url: str, why: str) -> None:
+        """No new requests for ``url``; it is closed once its running ones have finished."""
         bridge = self._bridges.pop(url, None)
         if bridge is not None:
             self._retired.append(bridge)
-            log.info("pool: bridge %s removed (%d requests still running there)", url, bridge.outstanding)
+            log.info("pool: bridge %s removed%s (%d requests still running there)", url, why, bridge.outstanding)
 
     def bridges(self) -> List[Dict[str, Any]]:
         """A snapshot of every bridge's state (for diagnostics, tests and metrics)."""
@@ -352,11 +364,7 @@ class BridgePool:
             self._add_member(url)
         for url in gone:
             if url not in others:
-                bridge = self._bridges.pop(url, None)
-                if bridge is not None:
-                    self._retired.append(bridge)
-                    log.info("pool: bridge %s removed: %s no longer resolves to it (%d requests still running "
-                             "there)", url, name, bridge.outstanding)
+                self._retire(url, f": {name} no longer resolves to it")
         if added or gone:
             log.info("pool: %s resolves to %d bridges%s%s", name, len(members),
                      f"; added {', '.join(added)}" if added else "", f"; removed {', '.join(gone)}" if gone else "")
@@ -530,11 +538,12 @@ class BridgePool:
                 return min(group, key=key)
         raise AssertionError("unreachable: live is not empty")
 
-    async def _candidate(self, model: Optional[str], tried: List[Bridge],
-                         failures: List[BaseException]) -> Bridge:
+    async def _candidate(self, model: Optional[str], tried: List[Bridge], failures: List[BaseException],
+                         passed_over: Callable[[BaseException], bool] = _never) -> Bridge:
         """``pick`` after the first probe; when every bridge is down, probe them all once more first.
-        When the candidates run out, raise what the failures have in common (all busy → ``BridgeBusy``,
-        all without the model → ``ModelNotFound``), else ``NoBridgeAvailable``."""
+        When the candidates run out, raise the last failure ``passed_over`` accepts (a bridge that cannot do
+        this request), else what the failures have in common (all busy → ``BridgeBusy``, all without the
+        model → ``ModelNotFound``), else ``NoBridgeAvailable``."""
         await self._ensure_started()
         try:
             try:
@@ -546,6 +555,9 @@ class BridgePool:
             return self.pick(model, tried)
         except NoBridgeAvailable as exc:
             self.no_bridge += 1
+            passed = [f for f in failures if passed_over(f)]
+            if passed:
+                raise passed[-1] from None
             if failures:
                 for kind in (errors.BridgeBusy, errors.ModelNotFound):
                     if all(isinstance(f, kind) for f in failures):
@@ -681,47 +693,41 @@ class BridgePool:
     async def embed(self, model: str, texts: Sequence[str]) -> EmbeddingsReply:
         """Embeddings from the best bridge for ``model``; a bridge that fails retryably or cannot embed
         (``EmbeddingsUnsupported``, not a health problem) is passed over for the next one."""
-        tried: List[Bridge] = []
-        failures: List[BaseException] = []
-        while True:
-            try:
-                bridge = await self._candidate(model, tried, failures)
-            except NoBridgeAvailable:
-                unsupported = [f for f in failures if isinstance(f, errors.EmbeddingsUnsupported)]
-                if unsupported:
-                    raise unsupported[-1] from None
-                raise
-            bridge.begin(model)
-            try:
-                return await bridge.client.embed(model, texts)
-            except (*RETRYABLE, errors.EmbeddingsUnsupported) as exc:
-                if not isinstance(exc, errors.EmbeddingsUnsupported):
-                    self._failed(bridge, exc)
-                    self.retries += 1
-                tried.append(bridge)
-                failures.append(exc)
-            finally:
-                bridge.end(model)
+        return await self._with_failover(model, lambda b: b.client.embed(model, texts), count=True,
+                                         passed_over=_cannot_embed)
 
     async def _with_failover(self, model: Optional[str], call: Callable[[Bridge], Awaitable[Any]], *,
-                             count: bool = False) -> Any:
-        """``call`` on the bridge ``pick`` chooses, then on the next one while it fails retryably."""
+                             count: bool = False, passed_over: Callable[[BaseException], bool] = _never) -> Any:
+        """``call`` on the bridge ``pick`` chooses, then on the next one while it fails retryably or with a
+        failure ``passed_over`` accepts (see ``note_failure``)."""
         tried: List[Bridge] = []
         failures: List[BaseException] = []
         while True:
-            bridge = await self._candidate(model, tried, failures)
+            bridge = await self._candidate(model, tried, failures, passed_over)
             if count:
                 bridge.begin(model)
             try:
                 return await call(bridge)
-            except RETRYABLE as exc:
-                self._failed(bridge, exc)
-                tried.append(bridge)
-                failures.append(exc)
-                self.retries += 1
+            except Exception as exc:  # noqa: BLE001 - note_failure re-raises what another bridge cannot mend
+                self.note_failure(bridge, exc, tried, failures, passed_over)
             finally:
                 if count:
                     bridge.end(model)
+
+    def note_failure(self, bridge: Bridge, exc: BaseException, tried: List[Bridge], failures: List[BaseException],
+                     passed_over: Callable[[BaseException], bool] = _never) -> None:
+        """Re-raise ``exc`` unless another bridge may do better: a retryable failure (it counts against
+        ``bridge``'s health) or one ``passed_over`` accepts (``bridge`` cannot do this request: no mark
+        against its health); then the attempt is noted for the next ``_candidate``."""
+        if isinstance(exc, RETRYABLE):
+            self._failed(bridge, exc)
+            self.retries += 1
+        elif passed_over(exc):
+            log.info("pool: %s cannot take the request (%s); trying another bridge", bridge.url, exc)
+        else:
+            raise exc
+        tried.append(bridge)
+        failures.append(exc)
 
     # -- models -------------------------------------------------------------------------------------
 
@@ -808,6 +814,4 @@ def _left(deadline: Optional[float]) -> Optional[float]:
 
 async def _next_within(events: AsyncIterator[StreamEvent], seconds: Optional[float]) -> StreamEvent:
     """The next event, or ``asyncio.TimeoutError`` after ``seconds`` (None: no limit)."""
-    if seconds is None:
-        return await events.__anext__()
     return await within(events.__anext__(), seconds)

@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence
 
 from exo_rk import errors
 from exo_rk.client import BridgeClient, GenerationParams, StreamEvent
-from exo_rk.pool import RETRYABLE, Bridge, BridgePool
+from exo_rk.pool import Bridge, BridgePool
 from exo_rk.stock_routes import Discovery, StockServer
 
 log = logging.getLogger(__name__)
@@ -54,43 +54,12 @@ class StockPool:
         await self.pool._ensure_started()
         if any(model in b.loaded for b in self._live()):
             return
-        tried: List[Bridge] = []
-        failures: List[BaseException] = []
-        while True:
-            bridge = await self._next(model, tried, failures)
-            bridge.begin(model)
-            try:
-                return await self._load(bridge, model)
-            except BaseException as exc:
-                self._passed_over(bridge, exc, tried, failures)
-            finally:
-                bridge.end(model)
+        await self.pool._with_failover(model, lambda bridge: self._load(bridge, model), count=True,
+                                       passed_over=_holds_another_model)
 
     async def _load(self, bridge: Bridge, model: str) -> None:
         await self._server(bridge).ensure_model(model)
         bridge.loaded.setdefault(model, 1)
-
-    async def _next(self, model: str, tried: List[Bridge], failures: List[BaseException]) -> Bridge:
-        """The next server to try; when none is left and some held another model, that reason."""
-        try:
-            return await self.pool._candidate(model, tried, failures)
-        except errors.BridgeError:
-            conflicts = [f for f in failures if _holds_another_model(f)]
-            if conflicts:
-                raise conflicts[-1] from None
-            raise
-
-    def _passed_over(self, bridge: Bridge, exc: BaseException, tried: List[Bridge],
-                     failures: List[BaseException]) -> None:
-        """Re-raise ``exc`` unless another server may do better; then note the attempt."""
-        if not isinstance(exc, RETRYABLE) and not _holds_another_model(exc):
-            raise exc
-        if isinstance(exc, RETRYABLE):
-            self.pool._failed(bridge, exc)
-            self.pool.retries += 1
-        tried.append(bridge)
-        failures.append(exc)
-        log.info("pool: stock server %s cannot take the request (%s); trying another one", bridge.url, exc)
 
     def stream(self, model: str, messages: Sequence[Dict[str, Any]], params: GenerationParams,
                encode: Callable[[str], List[int]], request_id: str = "") -> AsyncIterator[StreamEvent]:
@@ -102,7 +71,7 @@ class StockPool:
         tried: List[Bridge] = []
         failures: List[BaseException] = []
         while True:
-            bridge = await self._next(model, tried, failures)
+            bridge = await pool._candidate(model, tried, failures, _holds_another_model)
             bridge.begin(model)
             server = self._server(bridge)
             events = server.stream(model, messages, params, encode, request_id)
@@ -118,7 +87,7 @@ class StockPool:
             except BaseException as exc:
                 bridge.end(model)
                 await events.aclose()
-                self._passed_over(bridge, exc, tried, failures)
+                pool.note_failure(bridge, exc, tried, failures, _holds_another_model)
         log.debug("request %s: stock server %s", request_id, bridge.url)
         try:
             yield first
