@@ -279,17 +279,22 @@ class RKLLMHandle(ModelHandle):
         if images and not reused:
             inp, keepalive = self._multimodal_input(images)
         else:
-            send = key[reused:]
-            keepalive = (ctypes.c_int32 * len(send))(*send)
-            inp = self.abi.RKLLMInput()
-            inp.input_type = RKLLM_INPUT_TOKEN
-            inp.token_input.input_ids = keepalive
-            inp.token_input.n_tokens = len(send)
+            inp, keepalive = self._token_input(key[reused:])
         result = self._generate(inp, keepalive, len(key), params, on_token, on_text, keep_history)
         result.cached_tokens = reused
         if reuse_prefix and keep_history and self.last_stop_exact and result.finish_reason in ("stop", "length"):
             self.cached_ids = tuple(key) + tuple(self._last_delivered)
         return result
+
+    def _token_input(self, ids: Sequence[int]) -> tuple:
+        """The RKLLMInput of token ids (RKLLM_INPUT_TOKEN), and the array that must stay alive while the
+        library reads it."""
+        keepalive = (ctypes.c_int32 * len(ids))(*ids)
+        inp = self.abi.RKLLMInput()
+        inp.input_type = RKLLM_INPUT_TOKEN
+        inp.token_input.input_ids = keepalive
+        inp.token_input.n_tokens = len(ids)
+        return inp, keepalive
 
     def _multimodal_input(self, images: ImagePrompt) -> tuple:
         """The RKLLMInput of a prompt with images, and what must stay alive while the library reads it."""
@@ -355,11 +360,7 @@ class RKLLMHandle(ModelHandle):
         ids = [int(i) for i in prompt_ids]
         if not ids:
             raise GenerationFailed("the prompt has no tokens")
-        send = (ctypes.c_int32 * len(ids))(*ids)
-        inp = self.abi.RKLLMInput()
-        inp.input_type = RKLLM_INPUT_TOKEN
-        inp.token_input.input_ids = send
-        inp.token_input.n_tokens = len(ids)
+        inp, send = self._token_input(ids)
         if self.abi.has_role:
             inp.role = b"user"
         infer = self.abi.RKLLMInferParam()
