@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import freq
-from .freq import KNOWN_SOCS, mhz
+from .freq import compatible_entries, mhz, soc_of
 from .freq import read_sysfs as _read
 
 OK, INFO, WARN, ERROR = "ok", "info", "warn", "error"
@@ -50,15 +50,14 @@ class Report:
 
 
 def check_board(root: Path, report: Report) -> None:
-    compatible = _read(root, "/proc/device-tree/compatible")
+    entries = compatible_entries(root)
     machine = platform.machine()
-    if compatible is None:
+    if entries is None:
         report.add("board", INFO, f"none detected (no /proc/device-tree): this {machine} machine is not a "
                    "Rockchip board, so the rkllm runtime cannot run here (use --runtime host or sim)")
         return
-    entries = [c for c in compatible.split("\0") if c]
     model = (_read(root, "/proc/device-tree/model") or "").strip("\0 \n")
-    soc = next((s for s in KNOWN_SOCS for c in entries if c == f"rockchip,{s}"), None)
+    soc = soc_of(entries)
     if soc is None:
         report.add("board", INFO, f"{model or 'unknown'} ({', '.join(entries)}): not a Rockchip board; "
                    "the rkllm runtime cannot run here", compatible=entries)

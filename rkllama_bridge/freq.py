@@ -38,11 +38,20 @@ def read_sysfs(root: Path, path: str) -> Optional[str]:
         return None
 
 
-def detect_soc(root: Path) -> Optional[str]:
-    """The Rockchip SoC named by the device tree's compatible string (``rk3588``...), or None."""
-    compatible = read_sysfs(root, "/proc/device-tree/compatible") or ""
-    entries = [c for c in compatible.split("\0") if c]
+def compatible_entries(root: Path) -> Optional[List[str]]:
+    """The device tree's compatible strings (``radxa,rock-5b``, ``rockchip,rk3588``...); None without one."""
+    text = read_sysfs(root, "/proc/device-tree/compatible")
+    return None if text is None else [c for c in text.split("\0") if c]
+
+
+def soc_of(entries: List[str]) -> Optional[str]:
+    """The Rockchip SoC that compatible strings name (``rk3588``...), or None."""
     return next((s for s in KNOWN_SOCS for c in entries if c == f"rockchip,{s}"), None)
+
+
+def detect_soc(root: Path) -> Optional[str]:
+    """The Rockchip SoC of the device tree under ``root``, or None."""
+    return soc_of(compatible_entries(root) or [])
 
 
 def _int(text: Optional[str]) -> Optional[int]:
