@@ -72,16 +72,20 @@ def _num(value: float) -> str:
     return f"{value:.1f}" if 10 <= value < 1e5 else f"{value:.3g}"
 
 
-def board_line(root: Path) -> str:
+def board_report(root: Path) -> doctor.Report:
+    """doctor's board and clock checks of the system under ``root``."""
     report = doctor.Report()
     doctor.check_board(root, report)
+    doctor.check_clocks(root, report)
+    return report
+
+
+def board_line(report: doctor.Report) -> str:
     return report.checks[0].detail if report.board else f"none ({platform.machine()}, not a Rockchip board)"
 
 
-def clocks_section(root: Path) -> tuple[str, list]:
-    """The clocks table and doctor's decode-speed verdict, and the clocks as data."""
-    report = doctor.Report()
-    doctor.check_board(root, report)
+def clocks_section(root: Path, report: doctor.Report) -> tuple[str, list]:
+    """The clocks table and doctor's decode-speed verdict (from ``report``), and the clocks as data."""
     clocks = freq.read_clocks(root, (report.board or "").lower() or None)
     if not clocks.all:
         return "Clocks: none readable (no cpufreq or devfreq under /sys).", []
@@ -90,7 +94,6 @@ def clocks_section(root: Path) -> tuple[str, list]:
     for c in clocks.all:
         lines.append(f"| {c.name} | {c.governor or '?'} | {freq.mhz(c.cur_hz)} | {freq.mhz(c.min_hz)}–"
                      f"{freq.mhz(c.max_hz)} | {freq.mhz(c.top_hz)} | {'yes' if c.pinned else 'no'} |")
-    doctor.check_clocks(root, report)
     verdict = next((c for c in report.checks if c.name == "decode speed"), None)
     if verdict is not None:
         lines += ["", f"doctor, decode speed: {verdict.status.upper()} {verdict.detail}"]
@@ -165,8 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         handle.close()
         service.close()
     label = str(service.runtime.describe().get("label") or config.runtime)
-    clocks_md, clocks = clocks_section(args.sysfs_root)
-    board = board_line(args.sysfs_root)
+    report = board_report(args.sysfs_root)
+    clocks_md, clocks = clocks_section(args.sysfs_root, report)
+    board = board_line(report)
     print(render(args.bench_model, f"{config.runtime}: {label}", board, runs, load_s, args.new_tokens, clocks_md))
     if args.json_file:
         args.json_file.write_text(json.dumps({
