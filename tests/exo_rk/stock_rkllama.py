@@ -142,6 +142,12 @@ class StockServer:
     async def root(self, request: web.Request) -> web.Response:
         return web.json_response({"message": "Welcome to RKLLama with Ollama API compatibility!"})
 
+    def _load_on_demand(self, name: str) -> Optional[web.Response]:
+        """rkllama loads a model a request names when it is not loaded; a refused load is its 500."""
+        if name not in self.loaded and self._load(name) is not None:
+            return web.json_response({"error": f"Failed to load model '{name}'"}, status=500)
+        return None
+
     async def embeddings(self, request: web.Request) -> web.Response:
         data = await request.json()
         name, given = data.get("model"), data.get("input", data.get("prompt"))
@@ -149,10 +155,9 @@ class StockServer:
             return web.json_response({"error": "Missing model name"}, status=400)
         if not given:
             return web.json_response({"error": "Missing input"}, status=400)
-        if name not in self.loaded:
-            refused = self._load(name)
-            if refused is not None:
-                return web.json_response({"error": f"Failed to load model '{name}'"}, status=500)
+        refused = self._load_on_demand(name)
+        if refused is not None:
+            return refused
         texts = given if isinstance(given, list) else [given]
         vectors = [embedding_of(str(t)) for t in texts]
         tokens = sum(len(str(t).split()) for t in texts)
@@ -251,10 +256,9 @@ class StockServer:
         model = data.get("model")
         if not model:
             return web.json_response({"error": "Missing model name"}, status=400)
-        if model not in self.loaded:
-            refused = self._load(model)
-            if refused is not None:
-                return web.json_response({"error": f"Failed to load model '{model}'"}, status=500)
+        refused = self._load_on_demand(model)
+        if refused is not None:
+            return refused
         try:
             prompt = self._conversation(request.path, data.get("messages") or [], data.get("stream"))
         except ValueError as exc:
